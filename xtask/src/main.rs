@@ -1,0 +1,54 @@
+//! `cargo xtask`: the project's build and CI tasks, written in Rust so they run the same on
+//! every machine that has cargo (see `.cargo/config.toml` for the alias).
+
+mod build_ebpf;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Command line of `cargo xtask`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build and CI tasks for the redirector workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The tasks `cargo xtask` knows.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install (as root, on Debian) the packages, tools and mounts the build and tests need.
+    Setup,
+    /// Build the eBPF object from `redirector-ebpf/` for `bpfel-unknown-none`.
+    BuildEbpf {
+        /// Build with the release profile instead of debug.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run everything CI runs: setup if needed, eBPF build, fmt, clippy, unit and privileged tests.
+    Test,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf { release } => build_ebpf::build_ebpf(release).map(|_| ()),
+        Command::Test => test::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line, which names the failing command.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

