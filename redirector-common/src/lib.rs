@@ -1,0 +1,291 @@
+//! Map keys, values and constants shared by the kernel programs (`redirector-ebpf`) and user
+//! space (`redirector`).
+//!
+//! Every type is `#[repr(C)]` with explicit padding fields and a `const` size assert, because the
+//! kernel and user space must agree on the layout byte for byte. Addresses are byte arrays (IPv4
+//! stored IPv4-mapped in 16 bytes) and ports are in host byte order, so that
+//! `bpftool map dump pinned ...` prints values a person can read.
+#![no_std]
+
+#[cfg(feature = "user")]
+extern crate std;
+
+#[cfg(feature = "user")]
+mod user;
+
+/// Names of the maps, as they appear in the object file and under the pin directory.
+pub mod map_names {
+    /// Selected destinations: [`ServiceKey`](crate::ServiceKey) → [`ServiceValue`](crate::ServiceValue).
+    pub const SERVICES: &str = "services";
+    /// One entry (index 0): the [`Config`](crate::Config).
+    pub const CONFIG: &str = "config";
+    /// Redirected connections as the proxy sees them: client [`Endpoint`](crate::Endpoint) →
+    /// original destination [`Endpoint`](crate::Endpoint).
+    pub const ORIG_DST: &str = "orig_dst";
+    /// Per-socket storage on a redirected client socket: its original destination.
+    pub const SOCK_ORIG_DST: &str = "sock_orig_dst";
+    /// Per-CPU [`Counters`](crate::Counters) at index 0.
+    pub const COUNTERS: &str = "counters";
+
+    /// Every map the daemon pins, in a stable order.
+    pub const ALL: [&str; 5] = [SERVICES, CONFIG, ORIG_DST, SOCK_ORIG_DST, COUNTERS];
+}
+
+/// Names of the kernel programs (the Rust function names in `redirector-ebpf`).
+pub mod program_names {
+    /// `cgroup/connect4`: steers IPv4 TCP connects.
+    pub const CONNECT4: &str = "connect4";
+    /// `cgroup/connect6`: steers IPv6 and IPv4-mapped TCP connects.
+    pub const CONNECT6: &str = "connect6";
+    /// `sockops`: publishes a redirected connection's tuple and removes it at close. (Not
+    /// named `sockops`: a symbol may not share its section's name.)
+    pub const SOCKOPS: &str = "track_connection";
+    /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`.
+    pub const GETSOCKOPT: &str = "getsockopt";
+    /// `cgroup/getpeername4`: a redirected client sees the Service as its peer.
+    pub const GETPEERNAME4: &str = "getpeername4";
+    /// `cgroup/getpeername6`: the same for IPv6 sockets.
+    pub const GETPEERNAME6: &str = "getpeername6";
+
+    /// Every program, in the order the daemon attaches them.
+    pub const ALL: [&str; 6] = [
+        CONNECT4,
+        CONNECT6,
+        SOCKOPS,
+        GETSOCKOPT,
+        GETPEERNAME4,
+        GETPEERNAME6,
+    ];
+}
+
+/// `IPPROTO_TCP`, the only protocol the redirector steers.
+pub const IPPROTO_TCP: u8 = 6;
+/// `SOL_IP`.
+pub const SOL_IP: i32 = 0;
+/// `SOL_IPV6`.
+pub const SOL_IPV6: i32 = 41;
+/// `SO_ORIGINAL_DST` (netfilter's `linux/netfilter_ipv4.h`).
+pub const SO_ORIGINAL_DST: i32 = 80;
+/// `IP6T_SO_ORIGINAL_DST` (netfilter's `linux/netfilter_ipv6/ip6_tables.h`).
+pub const IP6T_SO_ORIGINAL_DST: i32 = 80;
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// Default capacity of the `services` map (`--services-capacity` changes it).
+pub const DEFAULT_SERVICES_CAPACITY: u32 = 65_536;
+/// Capacity of `orig_dst`. It is an LRU: entries are removed at close, the LRU is a backstop.
+pub const ORIG_DST_CAPACITY: u32 = 65_536;
+/// How many UIDs `--exclude-uid` may name.
+pub const MAX_EXCLUDED_UIDS: usize = 8;
+/// How many cgroups `--exclude-cgroup` may name.
+pub const MAX_EXCLUDED_CGROUPS: usize = 8;
+
+/// An IP address and port. IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// IPv6 address, or IPv4-mapped IPv4 address, in network order.
+    pub addr: [u8; 16],
+    /// Port in host byte order.
+    pub port: u16,
+    /// Explicit padding; always zero so keys compare byte for byte.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
+
+impl Endpoint {
+    /// An endpoint from a 16-byte address and a host-order port.
+    #[inline(always)]
+    pub const fn new(addr: [u8; 16], port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether the address is IPv4-mapped.
+    #[inline(always)]
+    pub const fn is_v4(&self) -> bool {
+        is_v4_mapped(&self.addr)
+    }
+
+    /// The IPv4 address, if the address is IPv4-mapped.
+    #[inline(always)]
+    pub const fn v4(&self) -> Option<[u8; 4]> {
+        if self.is_v4() {
+            Some([self.addr[12], self.addr[13], self.addr[14], self.addr[15]])
+        } else {
+            None
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d` for `a.b.c.d`.
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Whether `addr` is an IPv4-mapped IPv6 address.
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    // Compared as two words: fewer instructions for the verifier than a byte loop.
+    let hi = u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let mid = u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]);
+    hi == 0 && mid == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
+/// Key of the `services` map: one selected destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Destination address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// IP protocol; only [`IPPROTO_TCP`] is ever inserted.
+    pub proto: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+impl ServiceKey {
+    /// The key for a TCP destination.
+    #[inline(always)]
+    pub const fn tcp(addr: [u8; 16], port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+}
+
+/// Value of the `services` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Which Service this destination belongs to (the daemon's numbering).
+    pub service_id: u32,
+    /// Reserved for per-destination options; zero today.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+
+/// A cgroup v2 directory whose processes (and their descendants' processes) are never steered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupRef {
+    /// The cgroup's id (the inode number of its directory).
+    pub id: u64,
+    /// Its depth below the cgroup2 root (the root is level 0).
+    pub level: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CgroupRef>() == 16);
+
+/// The single entry of the `config` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// The node proxy's IPv4 address.
+    pub proxy4_addr: [u8; 4],
+    /// The node proxy's IPv4 port (host order); 0 means no IPv4 proxy.
+    pub proxy4_port: u16,
+    /// 1 when the IPv4 proxy accepts connections; 0 means fail open (steer nothing).
+    pub proxy4_ready: u8,
+    /// 1 when the IPv6 proxy accepts connections.
+    pub proxy6_ready: u8,
+    /// The node proxy's IPv6 address.
+    pub proxy6_addr: [u8; 16],
+    /// The node proxy's IPv6 port (host order); 0 means no IPv6 proxy.
+    pub proxy6_port: u16,
+    /// Explicit padding; always zero.
+    pub _pad0: u16,
+    /// Sockets whose `SO_MARK & exclude_mark_mask == exclude_mark` are never steered
+    /// (ignored while the mask is 0).
+    pub exclude_mark: u32,
+    /// See `exclude_mark`.
+    pub exclude_mark_mask: u32,
+    /// How many entries of `exclude_uids` are in use.
+    pub exclude_uid_count: u32,
+    /// Processes running as these UIDs are never steered.
+    pub exclude_uids: [u32; MAX_EXCLUDED_UIDS],
+    /// How many entries of `exclude_cgroups` are in use.
+    pub exclude_cgroup_count: u32,
+    /// Explicit padding; always zero.
+    pub _pad1: u32,
+    /// Processes in these cgroups (or below them) are never steered.
+    pub exclude_cgroups: [CgroupRef; MAX_EXCLUDED_CGROUPS],
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 208);
+
+impl Config {
+    /// Whether a socket carrying `mark` is excluded by the mark rule.
+    #[inline(always)]
+    pub const fn mark_excluded(&self, mark: u32) -> bool {
+        self.exclude_mark_mask != 0 && mark & self.exclude_mark_mask == self.exclude_mark
+    }
+
+    /// Whether `uid` is one of the excluded UIDs.
+    #[inline(always)]
+    pub fn uid_excluded(&self, uid: u32) -> bool {
+        let mut i = 0;
+        while i < MAX_EXCLUDED_UIDS {
+            if i as u32 >= self.exclude_uid_count {
+                return false;
+            }
+            if self.exclude_uids[i] == uid {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Per-CPU counters (index 0 of `counters`); user space sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Counters {
+    /// TCP connects seen by connect4/connect6.
+    pub seen: u64,
+    /// Connects rewritten to the proxy.
+    pub redirected: u64,
+    /// Selected destination, but the socket is excluded (cgroup, UID or mark).
+    pub skipped_excluded: u64,
+    /// Selected destination, but the proxy is not ready (fail-open).
+    pub skipped_proxy_not_ready: u64,
+    /// Selected destination, but the original destination could not be recorded (no memory).
+    pub skipped_record_failed: u64,
+    /// `SO_ORIGINAL_DST` asked by the proxy and answered from `orig_dst`.
+    pub orig_dst_found: u64,
+    /// `SO_ORIGINAL_DST` asked for a connection that was not redirected.
+    pub orig_dst_not_found: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 56);
+
+impl Counters {
+    /// Field-wise sum, for adding up the per-CPU copies.
+    pub const fn add(self, other: Self) -> Self {
+        Self {
+            seen: self.seen + other.seen,
+            redirected: self.redirected + other.redirected,
+            skipped_excluded: self.skipped_excluded + other.skipped_excluded,
+            skipped_proxy_not_ready: self.skipped_proxy_not_ready + other.skipped_proxy_not_ready,
+            skipped_record_failed: self.skipped_record_failed + other.skipped_record_failed,
+            orig_dst_found: self.orig_dst_found + other.orig_dst_found,
+            orig_dst_not_found: self.orig_dst_not_found + other.orig_dst_not_found,
+        }
+    }
+}
