@@ -1,0 +1,159 @@
+//! `cgroup/connect4` and `cgroup/connect6`: the steering decision.
+//!
+//! A TCP connect to a selected destination, from a socket that is not excluded, while the proxy
+//! is ready, is rewritten to the proxy's address, and the original destination is stored on the
+//! socket. Everything else passes untouched; unselected traffic costs one hash lookup.
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use redirector_common::{
+    Config, Endpoint, IPPROTO_TCP, MAX_EXCLUDED_CGROUPS, ServiceKey, v4_mapped,
+};
+
+use crate::{
+    counters::bump,
+    maps::{CONFIG, SERVICES, SOCK_ORIG_DST},
+};
+
+/// Return value of a cgroup sock_addr program that lets the call proceed.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    try_connect4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    try_connect6(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn try_connect4(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context is valid for the program's run; reads are the sizes the verifier allows.
+    unsafe {
+        if read_volatile(addr_of!((*sa).protocol)) != u32::from(IPPROTO_TCP) {
+            return;
+        }
+        bump!(seen);
+        let ip = read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes();
+        let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
+        let Some(proxy) = steer(ctx, Endpoint::new(v4_mapped(ip), port)) else {
+            return;
+        };
+        // `steer` only answers an IPv4 proxy for an IPv4 destination.
+        let Some(proxy_ip) = proxy.v4() else {
+            return;
+        };
+        write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(proxy_ip));
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(proxy.port.to_be()));
+    }
+}
+
+#[inline(always)]
+fn try_connect6(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`; `user_ip6` is read and written one 4-byte word at a time
+    // (volatile, so the compiler cannot merge them into loads the verifier refuses).
+    unsafe {
+        if read_volatile(addr_of!((*sa).protocol)) != u32::from(IPPROTO_TCP) {
+            return;
+        }
+        bump!(seen);
+        let w = addr_of!((*sa).user_ip6).cast::<u32>();
+        let mut addr = [0u8; 16];
+        addr[0..4].copy_from_slice(&read_volatile(w).to_ne_bytes());
+        addr[4..8].copy_from_slice(&read_volatile(w.add(1)).to_ne_bytes());
+        addr[8..12].copy_from_slice(&read_volatile(w.add(2)).to_ne_bytes());
+        addr[12..16].copy_from_slice(&read_volatile(w.add(3)).to_ne_bytes());
+        let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
+        // IPv4-mapped destinations on dual-stack sockets get the IPv4-mapped IPv4 proxy.
+        let Some(proxy) = steer(ctx, Endpoint::new(addr, port)) else {
+            return;
+        };
+        let w = addr_of_mut!((*sa).user_ip6).cast::<u32>();
+        let a = proxy.addr;
+        write_volatile(w, u32::from_ne_bytes([a[0], a[1], a[2], a[3]]));
+        write_volatile(w.add(1), u32::from_ne_bytes([a[4], a[5], a[6], a[7]]));
+        write_volatile(w.add(2), u32::from_ne_bytes([a[8], a[9], a[10], a[11]]));
+        write_volatile(w.add(3), u32::from_ne_bytes([a[12], a[13], a[14], a[15]]));
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(proxy.port.to_be()));
+    }
+}
+
+/// The proxy to send this connection to, or `None` to leave it alone. On `Some`, the original
+/// destination has been stored on the socket.
+#[inline(always)]
+fn steer(ctx: &SockAddrContext, dst: Endpoint) -> Option<Endpoint> {
+    SERVICES.get_ptr(ServiceKey::tcp(dst.addr, dst.port))?;
+    // SAFETY: index 0 of a one-element array map always exists; user space writes it whole.
+    let cfg = unsafe { &*CONFIG.get_ptr(0)? };
+    let (ready, proxy) = if dst.is_v4() {
+        (
+            cfg.proxy4_ready,
+            Endpoint::new(v4_mapped(cfg.proxy4_addr), cfg.proxy4_port),
+        )
+    } else {
+        (cfg.proxy6_ready, Endpoint::new(cfg.proxy6_addr, cfg.proxy6_port))
+    };
+    if ready == 0 || proxy.port == 0 {
+        bump!(skipped_proxy_not_ready);
+        return None;
+    }
+    if excluded(ctx, cfg) {
+        bump!(skipped_excluded);
+        return None;
+    }
+    let mut initial = dst;
+    // SAFETY: the helper takes the context's socket, which the kernel guarantees is valid.
+    let slot = unsafe { SOCK_ORIG_DST.get_or_insert_ptr_mut(ctx, Some(&mut initial)) };
+    if slot.is_null() {
+        // Without a record the proxy could not find the destination: better to go direct.
+        bump!(skipped_record_failed);
+        return None;
+    }
+    // SAFETY: non-null storage of this socket. A socket that connects again records anew.
+    unsafe { *slot = dst };
+    bump!(redirected);
+    Some(proxy)
+}
+
+/// Loop prevention: the proxy's own upstream connections (and anything else the operator
+/// names) are never steered.
+#[inline(always)]
+fn excluded(ctx: &SockAddrContext, cfg: &Config) -> bool {
+    // SAFETY: `sk` of a sock_addr context is a valid socket; `mark` is a 4-byte field.
+    let mark = unsafe {
+        let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+        read_volatile(addr_of!((*sk).mark))
+    };
+    if cfg.mark_excluded(mark) {
+        return true;
+    }
+    // The real UID of the connecting task (the low half).
+    let uid = bpf_get_current_uid_gid() as u32;
+    if cfg.uid_excluded(uid) {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_EXCLUDED_CGROUPS {
+        if i as u32 >= cfg.exclude_cgroup_count {
+            break;
+        }
+        let c = cfg.exclude_cgroups[i];
+        // SAFETY: plain helper call; a level deeper than the task's cgroup answers 0.
+        if unsafe { bpf_get_current_ancestor_cgroup_id(c.level as i32) } == c.id {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}

@@ -1,0 +1,35 @@
+//! The maps, as BTF maps so `bpftool map dump` prints them field by field. User space pins them
+//! under the pin directory (aya-ebpf 0.2 BTF maps carry no pinning attribute).
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, SkStorage},
+    macros::btf_map,
+};
+use redirector_common::{
+    Config, Counters, DEFAULT_SERVICES_CAPACITY, Endpoint, ORIG_DST_CAPACITY, ServiceKey,
+    ServiceValue,
+};
+
+/// Selected destinations. User space may resize it before load (`--services-capacity`).
+#[btf_map(name = "services")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue, { DEFAULT_SERVICES_CAPACITY as usize }> =
+    HashMap::new();
+
+/// Index 0: proxy addresses, readiness and exclusions.
+#[btf_map(name = "config")]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Redirected connections keyed by the client's address and port, which is how the proxy sees
+/// them: the client's original destination. Removed at close by `sockops`; LRU as a backstop.
+#[btf_map(name = "orig_dst")]
+pub static ORIG_DST: LruHashMap<Endpoint, Endpoint, { ORIG_DST_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// The original destination stored on the redirected client socket itself. The kernel frees it
+/// with the socket, so it can never go stale.
+#[btf_map(name = "sock_orig_dst")]
+pub static SOCK_ORIG_DST: SkStorage<Endpoint> = SkStorage::new();
+
+/// Per-CPU counters at index 0.
+#[btf_map(name = "counters")]
+pub static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
