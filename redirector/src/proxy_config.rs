@@ -1,0 +1,210 @@
+//! Builds the kernel's [`Config`] entry from what the operator asked for: proxy addresses and
+//! exclusions. Pure: no I/O, so every rule is unit-tested.
+
+use std::net::{IpAddr, SocketAddr};
+
+use redirector_common::{CgroupRef, Config, MAX_EXCLUDED_CGROUPS, MAX_EXCLUDED_UIDS};
+
+/// What the operator asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// The IPv4 proxy (`--proxy`).
+    pub proxy4: Option<SocketAddr>,
+    /// The IPv6 proxy (`--proxy6`).
+    pub proxy6: Option<SocketAddr>,
+    /// Cgroups whose processes are never steered (`--exclude-cgroup`), already resolved.
+    pub exclude_cgroups: Vec<CgroupRef>,
+    /// UIDs never steered (`--exclude-uid`).
+    pub exclude_uids: Vec<u32>,
+    /// `(mark, mask)` never steered (`--exclude-mark MARK[/MASK]`).
+    pub exclude_mark: Option<(u32, u32)>,
+}
+
+/// Why settings cannot be expressed in the kernel's config.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyConfigError {
+    /// `--proxy` must be IPv4.
+    #[error("--proxy {0} is not an IPv4 address:port (use --proxy6 for IPv6)")]
+    Proxy4NotV4(SocketAddr),
+    /// `--proxy6` must be IPv6.
+    #[error("--proxy6 {0} is not an [IPv6]:port address")]
+    Proxy6NotV6(SocketAddr),
+    /// Port 0 cannot be connected to.
+    #[error("proxy {0} has port 0")]
+    PortZero(SocketAddr),
+    /// Neither proxy given.
+    #[error("no proxy address: pass --proxy IP:PORT (and/or --proxy6 [IP]:PORT)")]
+    NoProxy,
+    /// Too many `--exclude-uid`.
+    #[error("at most {MAX_EXCLUDED_UIDS} --exclude-uid values are supported, got {0}")]
+    TooManyUids(usize),
+    /// Too many `--exclude-cgroup`.
+    #[error("at most {MAX_EXCLUDED_CGROUPS} --exclude-cgroup values are supported, got {0}")]
+    TooManyCgroups(usize),
+    /// A mark whose bits lie outside its mask can never match.
+    #[error(
+        "--exclude-mark {mark:#x}/{mask:#x} can never match: the mark has bits outside the mask"
+    )]
+    MarkOutsideMask {
+        /// The mark.
+        mark: u32,
+        /// The mask.
+        mask: u32,
+    },
+}
+
+/// Parses `MARK` or `MARK/MASK` (decimal or `0x` hex); a bare mark means mask `0xffffffff`.
+pub fn parse_mark(text: &str) -> Result<(u32, u32), String> {
+    fn number(s: &str) -> Result<u32, String> {
+        let s = s.trim();
+        let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => s.parse(),
+        };
+        parsed.map_err(|_| format!("{s:?} is not a 32-bit number (decimal or 0x hex)"))
+    }
+    match text.split_once('/') {
+        Some((mark, mask)) => Ok((number(mark)?, number(mask)?)),
+        None => Ok((number(text)?, u32::MAX)),
+    }
+}
+
+impl ProxySettings {
+    /// The config entry, with both proxies marked not ready: readiness is the health checker's
+    /// to set, once it has seen the proxy accept a connection.
+    pub fn to_config(&self) -> Result<Config, ProxyConfigError> {
+        let mut config = Config::default();
+        if self.proxy4.is_none() && self.proxy6.is_none() {
+            return Err(ProxyConfigError::NoProxy);
+        }
+        if let Some(p) = self.proxy4 {
+            let IpAddr::V4(ip) = p.ip() else {
+                return Err(ProxyConfigError::Proxy4NotV4(p));
+            };
+            if p.port() == 0 {
+                return Err(ProxyConfigError::PortZero(p));
+            }
+            config.proxy4_addr = ip.octets();
+            config.proxy4_port = p.port();
+        }
+        if let Some(p) = self.proxy6 {
+            let IpAddr::V6(ip) = p.ip() else {
+                return Err(ProxyConfigError::Proxy6NotV6(p));
+            };
+            if p.port() == 0 {
+                return Err(ProxyConfigError::PortZero(p));
+            }
+            config.proxy6_addr = ip.octets();
+            config.proxy6_port = p.port();
+        }
+        if self.exclude_uids.len() > MAX_EXCLUDED_UIDS {
+            return Err(ProxyConfigError::TooManyUids(self.exclude_uids.len()));
+        }
+        for (slot, uid) in config.exclude_uids.iter_mut().zip(&self.exclude_uids) {
+            *slot = *uid;
+        }
+        config.exclude_uid_count = self.exclude_uids.len() as u32;
+        if self.exclude_cgroups.len() > MAX_EXCLUDED_CGROUPS {
+            return Err(ProxyConfigError::TooManyCgroups(self.exclude_cgroups.len()));
+        }
+        for (slot, cg) in config.exclude_cgroups.iter_mut().zip(&self.exclude_cgroups) {
+            *slot = *cg;
+        }
+        config.exclude_cgroup_count = self.exclude_cgroups.len() as u32;
+        if let Some((mark, mask)) = self.exclude_mark {
+            if mark & !mask != 0 || mask == 0 {
+                return Err(ProxyConfigError::MarkOutsideMask { mark, mask });
+            }
+            config.exclude_mark = mark;
+            config.exclude_mark_mask = mask;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4() -> ProxySettings {
+        ProxySettings {
+            proxy4: Some("10.0.0.1:15001".parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn proxy_addresses_and_readiness() {
+        let mut s = v4();
+        s.proxy6 = Some("[fd00::1]:15001".parse().unwrap());
+        let c = s.to_config().unwrap();
+        assert_eq!(c.proxy4(), s.proxy4);
+        assert_eq!(c.proxy6(), s.proxy6);
+        assert_eq!(
+            (c.proxy4_ready, c.proxy6_ready),
+            (0, 0),
+            "ready only once checked"
+        );
+    }
+
+    #[test]
+    fn wrong_families_and_missing_proxy_are_refused() {
+        let mut s = ProxySettings::default();
+        assert_eq!(s.to_config(), Err(ProxyConfigError::NoProxy));
+        s.proxy4 = Some("[fd00::1]:1".parse().unwrap());
+        assert!(matches!(
+            s.to_config(),
+            Err(ProxyConfigError::Proxy4NotV4(_))
+        ));
+        s.proxy4 = None;
+        s.proxy6 = Some("10.0.0.1:1".parse().unwrap());
+        assert!(matches!(
+            s.to_config(),
+            Err(ProxyConfigError::Proxy6NotV6(_))
+        ));
+        s.proxy6 = Some("[fd00::1]:0".parse().unwrap());
+        assert!(matches!(s.to_config(), Err(ProxyConfigError::PortZero(_))));
+    }
+
+    #[test]
+    fn exclusions_fill_the_arrays_and_counts() {
+        let mut s = v4();
+        s.exclude_uids = vec![1337, 0];
+        s.exclude_cgroups = vec![CgroupRef {
+            id: 42,
+            level: 3,
+            _pad: 0,
+        }];
+        s.exclude_mark = Some((0x100, 0xf00));
+        let c = s.to_config().unwrap();
+        assert_eq!(c.exclude_uid_count, 2);
+        assert!(c.uid_excluded(0) && c.uid_excluded(1337) && !c.uid_excluded(1));
+        assert_eq!(c.exclude_cgroup_count, 1);
+        assert_eq!(c.exclude_cgroups[0].id, 42);
+        assert!(c.mark_excluded(0x1ff) && !c.mark_excluded(0x200));
+    }
+
+    #[test]
+    fn limits_and_impossible_marks() {
+        let mut s = v4();
+        s.exclude_uids = (0..=MAX_EXCLUDED_UIDS as u32).collect();
+        assert_eq!(
+            s.to_config(),
+            Err(ProxyConfigError::TooManyUids(MAX_EXCLUDED_UIDS + 1))
+        );
+        let mut s = v4();
+        s.exclude_mark = Some((0x1, 0x10));
+        assert!(matches!(
+            s.to_config(),
+            Err(ProxyConfigError::MarkOutsideMask { .. })
+        ));
+    }
+
+    #[test]
+    fn mark_syntax() {
+        assert_eq!(parse_mark("0x100"), Ok((0x100, u32::MAX)));
+        assert_eq!(parse_mark("256/0xff00"), Ok((256, 0xff00)));
+        assert!(parse_mark("abc").is_err());
+        assert!(parse_mark("1/2/3").is_err());
+    }
+}
