@@ -1,0 +1,316 @@
+//! The world a datapath test runs in:
+//!
+//! ```text
+//!  client ns                 node ns (router, proxy)              backend ns
+//!  10.77.1.2  ── veth ──  10.77.1.1 | 10.77.2.1  ── veth ──  10.77.2.2 :8080 :8081
+//!  fd77:1::2             fd77:1::1 | fd77:2::1              fd77:2::2
+//! ```
+//! A child cgroup tree `l7r-test-*` with `client` and `proxy` children; the programs are
+//! attached to its root and the maps pinned under `/sys/fs/bpf/l7r-test-*`. The backend answers
+//! with the peer it saw: the client's address when direct, the node's when proxied.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use redirector::{
+    cgroup::{cgroup_ref, cgroup2_mount},
+    dataplane::{Dataplane, LoadOptions, detach},
+    proxy_config::ProxySettings,
+};
+use redirector_common::{ServiceKey, ServiceValue};
+
+use crate::{
+    backend::Backend,
+    cgroups::CgroupTree,
+    client::Client,
+    netns::Netns,
+    proxy::{TestProxy, Upstream},
+    sys::unique_id,
+};
+
+/// The client pod's IPv4 address.
+pub const CLIENT4: &str = "10.77.1.2";
+/// The node's address on the client side, where the proxy listens.
+pub const NODE4: &str = "10.77.1.1";
+/// The node's address on the backend side: the source of proxied connections.
+pub const NODE4_UPSTREAM: &str = "10.77.2.1";
+/// The backend pod's IPv4 address.
+pub const BACKEND4: &str = "10.77.2.2";
+/// IPv6 counterparts.
+pub const CLIENT6: &str = "fd77:1::2";
+/// See [`CLIENT6`].
+pub const NODE6: &str = "fd77:1::1";
+/// See [`CLIENT6`].
+pub const NODE6_UPSTREAM: &str = "fd77:2::1";
+/// See [`CLIENT6`].
+pub const BACKEND6: &str = "fd77:2::2";
+/// The backend port the tests select.
+pub const SERVICE_PORT: u16 = 8080;
+/// A backend port the tests never select.
+pub const OTHER_PORT: u16 = 8081;
+/// The proxy's port.
+pub const PROXY_PORT: u16 = 15001;
+
+/// `ip:port` from constants.
+pub fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().expect("constant address"), port)
+}
+
+/// How the proxy's own upstream connections are kept from being steered back to it.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// Exclude the proxy's cgroup (the default).
+    pub exclude_proxy_cgroup: bool,
+    /// Exclude these UIDs.
+    pub exclude_uids: Vec<u32>,
+    /// Exclude this `(mark, mask)`.
+    pub exclude_mark: Option<(u32, u32)>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            exclude_proxy_cgroup: true,
+            exclude_uids: Vec::new(),
+            exclude_mark: None,
+        }
+    }
+}
+
+/// No exclusion at all: the proxy's upstream loops back to it (the negative control).
+impl LabOptions {
+    /// Options that exclude nothing.
+    pub fn nothing_excluded() -> Self {
+        Self {
+            exclude_proxy_cgroup: false,
+            ..Default::default()
+        }
+    }
+}
+
+/// The test world; everything is removed on drop, the datapath first.
+pub struct Lab {
+    /// The client pod's namespace.
+    pub client_ns: Netns,
+    /// The node's namespace (router; the proxy runs here).
+    pub node_ns: Netns,
+    /// The backend pod's namespace.
+    pub backend_ns: Netns,
+    /// Where the client's sockets live.
+    pub client_cgroup: PathBuf,
+    /// Where the proxy's sockets live.
+    pub proxy_cgroup: PathBuf,
+    /// The pin directory of this lab's dataplane.
+    pub pin_dir: PathBuf,
+    /// The proxy settings written to `config`.
+    pub settings: ProxySettings,
+    /// What the lab was made with.
+    pub options: LabOptions,
+    /// The dataplane handle (the "daemon" of this test).
+    pub dataplane: Option<Dataplane>,
+    cgroups: CgroupTree,
+    _backend: Backend,
+}
+
+impl Lab {
+    /// A lab with the default options: both proxies, the proxy's cgroup excluded.
+    pub fn new() -> Result<Self> {
+        Self::with(LabOptions::default())
+    }
+
+    /// A lab with the given loop-prevention options.
+    pub fn with(options: LabOptions) -> Result<Self> {
+        crate::sys::require_root();
+        let client_ns = Netns::new("client")?;
+        let node_ns = Netns::new("node")?;
+        let backend_ns = Netns::new("backend")?;
+        wire(&client_ns, &node_ns, &backend_ns)?;
+        let backend = Backend::start(
+            &backend_ns,
+            &[
+                sa(BACKEND4, SERVICE_PORT),
+                sa(BACKEND4, OTHER_PORT),
+                sa(BACKEND6, SERVICE_PORT),
+                sa(BACKEND6, OTHER_PORT),
+            ],
+        )?;
+
+        let mut cgroups = CgroupTree::new()?;
+        let client_cgroup = cgroups.child("client")?;
+        let proxy_cgroup = cgroups.child("proxy")?;
+        let mut exclude_cgroups = Vec::new();
+        if options.exclude_proxy_cgroup {
+            exclude_cgroups.push(cgroup_ref(&proxy_cgroup, &cgroup2_mount()?)?);
+        }
+        let settings = ProxySettings {
+            proxy4: Some(sa(NODE4, PROXY_PORT)),
+            proxy6: Some(sa(NODE6, PROXY_PORT)),
+            exclude_cgroups,
+            exclude_uids: options.exclude_uids.clone(),
+            exclude_mark: options.exclude_mark,
+        };
+
+        let mut lab = Self {
+            client_ns,
+            node_ns,
+            backend_ns,
+            client_cgroup,
+            proxy_cgroup,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/l7r-test-{}", unique_id())),
+            settings,
+            options,
+            dataplane: None,
+            cgroups,
+            _backend: backend,
+        };
+        let mut dp = Dataplane::load(&LoadOptions {
+            pin_dir: lab.pin_dir.clone(),
+            ..Default::default()
+        })?;
+        // From here on, Drop detaches whatever got attached.
+        dp.attach(lab.cgroups.root())?;
+        dp.set_config(&lab.settings.to_config()?)?;
+        dp.set_proxy_ready(true, true)?;
+        lab.dataplane = Some(dp);
+        Ok(lab)
+    }
+
+    /// The dataplane handle.
+    pub fn dp(&mut self) -> &mut Dataplane {
+        self.dataplane
+            .as_mut()
+            .expect("the lab always holds a dataplane")
+    }
+
+    /// Starts the test proxy on the node, listening on both proxy addresses.
+    pub fn start_proxy(&self, upstream: Upstream) -> Result<TestProxy> {
+        TestProxy::start(
+            &self.node_ns,
+            &self.proxy_cgroup,
+            &[sa(NODE4, PROXY_PORT), sa(NODE6, PROXY_PORT)],
+            upstream,
+        )
+    }
+
+    /// Selects `dst` for steering.
+    pub fn select(&mut self, dst: SocketAddr) -> Result<()> {
+        let entry = (
+            ServiceKey::tcp_addr(dst),
+            ServiceValue {
+                service_id: 1,
+                flags: 0,
+            },
+        );
+        Ok(self.dp().insert_services(&[entry])?)
+    }
+
+    /// Deselects `dst`.
+    pub fn deselect(&mut self, dst: SocketAddr) -> Result<()> {
+        Ok(self.dp().remove_services(&[ServiceKey::tcp_addr(dst)])?)
+    }
+
+    /// A new client connection to `dst` from the client pod.
+    pub fn connect(&self, dst: SocketAddr) -> Result<Client> {
+        Client::connect(&self.client_ns, &self.client_cgroup, dst)
+    }
+
+    /// Simulates a daemon restart: this process lets go of the dataplane (as an exiting daemon
+    /// does), then a new process (`dataplane-ctl`) loads the programs, adopts the pins, attaches
+    /// in place of the old links and exits; finally the maps are reopened from the pins.
+    /// `exe` is `env!("CARGO_BIN_EXE_dataplane-ctl")`, which only tests can name.
+    pub fn restart_dataplane_in_new_process(&mut self, exe: &str) -> Result<()> {
+        self.dataplane = None;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--cgroup")
+            .arg(self.cgroups.root());
+        if let Some(p) = self.settings.proxy4 {
+            cmd.arg("--proxy").arg(p.to_string());
+        }
+        if let Some(p) = self.settings.proxy6 {
+            cmd.arg("--proxy6").arg(p.to_string());
+        }
+        if self.options.exclude_proxy_cgroup {
+            cmd.arg("--exclude-cgroup").arg(&self.proxy_cgroup);
+        }
+        for uid in &self.options.exclude_uids {
+            cmd.arg("--exclude-uid").arg(uid.to_string());
+        }
+        if let Some((mark, mask)) = self.options.exclude_mark {
+            cmd.arg("--exclude-mark")
+                .arg(format!("{mark:#x}/{mask:#x}"));
+        }
+        let out = cmd.output().context("cannot run dataplane-ctl")?;
+        if !out.status.success() {
+            bail!(
+                "dataplane-ctl failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.dataplane = Some(Dataplane::open_pinned(&self.pin_dir)?);
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.dataplane = None;
+        if let Err(e) = detach(&self.pin_dir) {
+            eprintln!("warning: could not detach {}: {e}", self.pin_dir.display());
+        }
+    }
+}
+
+fn wire(client: &Netns, node: &Netns, backend: &Netns) -> Result<()> {
+    crate::sys::ip(&[
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        client.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vclient",
+        "netns",
+        node.name(),
+    ])?;
+    crate::sys::ip(&[
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        backend.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vbackend",
+        "netns",
+        node.name(),
+    ])?;
+    let addrs: [(&Netns, &str, &str, &str); 4] = [
+        (client, "eth0", CLIENT4, CLIENT6),
+        (node, "vclient", NODE4, NODE6),
+        (node, "vbackend", NODE4_UPSTREAM, NODE6_UPSTREAM),
+        (backend, "eth0", BACKEND4, BACKEND6),
+    ];
+    for (ns, dev, v4, v6) in addrs {
+        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev])?;
+        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+    }
+    client.ip(&["route", "add", "default", "via", NODE4])?;
+    client.ip(&["-6", "route", "add", "default", "via", NODE6])?;
+    backend.ip(&["route", "add", "default", "via", NODE4_UPSTREAM])?;
+    backend.ip(&["-6", "route", "add", "default", "via", NODE6_UPSTREAM])?;
+    node.sysctl("net.ipv4.ip_forward", "1")?;
+    node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Small system helpers.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Fails the test, loudly, unless it runs as root: privileged tests never pass silently.
+pub fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test loads eBPF programs and creates network namespaces and cgroups, so it needs \
+         root; run it with `sudo cargo xtask test` (euid is {euid})"
+    );
+}
+
+/// A short name unique to this process and call, for namespaces, cgroups, pins and links
+/// (interface names allow only 15 bytes).
+pub fn unique_id() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command, failing with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program} {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip` with arguments.
+pub fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
