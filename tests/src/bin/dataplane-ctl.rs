@@ -7,12 +7,12 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
 use clap::Parser;
-use redirector_common::{ServiceKey, ServiceValue};
 use redirector::{
     cgroup::{cgroup_ref, cgroup2_mount},
     dataplane::{Dataplane, LoadOptions},
     proxy_config::{ProxySettings, parse_mark},
 };
+use redirector_common::{ServiceKey, ServiceValue};
 
 #[derive(Parser)]
 struct Args {
@@ -61,7 +61,15 @@ fn main() -> Result<()> {
     let selected: Vec<_> = args
         .select
         .iter()
-        .map(|&dst| (ServiceKey::tcp_addr(dst), ServiceValue { service_id: 1, flags: 0 }))
+        .map(|&dst| {
+            (
+                ServiceKey::tcp_addr(dst),
+                ServiceValue {
+                    service_id: 1,
+                    flags: 0,
+                },
+            )
+        })
         .collect();
     dp.insert_services(&selected)?;
     Ok(())
