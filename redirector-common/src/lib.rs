@@ -26,9 +26,19 @@ pub mod map_names {
     pub const SOCK_ORIG_DST: &str = "sock_orig_dst";
     /// Per-CPU [`Counters`](crate::Counters) at index 0.
     pub const COUNTERS: &str = "counters";
+    /// Service id → [`ServiceName`](crate::ServiceName), so `redirector status` can name
+    /// Services from the pins alone. Only user space reads it.
+    pub const SERVICE_NAMES: &str = "service_names";
 
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: [&str; 5] = [SERVICES, CONFIG, ORIG_DST, SOCK_ORIG_DST, COUNTERS];
+    pub const ALL: [&str; 6] = [
+        SERVICES,
+        CONFIG,
+        ORIG_DST,
+        SOCK_ORIG_DST,
+        COUNTERS,
+        SERVICE_NAMES,
+    ];
 }
 
 /// Names of the kernel programs (the Rust function names in `redirector-ebpf`).
@@ -180,6 +190,20 @@ pub struct ServiceValue {
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+
+/// Longest namespace or name a Kubernetes object can have (a DNS-1123 label).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Value of `service_names`: a Service's namespace and name, NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    /// The namespace, NUL-padded.
+    pub namespace: [u8; MAX_NAME_LEN + 1],
+    /// The name, NUL-padded.
+    pub name: [u8; MAX_NAME_LEN + 1],
+}
+const _: () = assert!(core::mem::size_of::<ServiceName>() == 128);
 
 /// A cgroup v2 directory whose processes (and their descendants' processes) are never steered.
 #[repr(C)]

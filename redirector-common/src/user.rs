@@ -1,8 +1,13 @@
 //! User-space conveniences: `aya::Pod` impls and conversions to and from `std::net`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    string::String,
+};
 
-use crate::{Config, Counters, Endpoint, ServiceKey, ServiceValue, v4_mapped};
+use crate::{
+    Config, Counters, Endpoint, MAX_NAME_LEN, ServiceKey, ServiceName, ServiceValue, v4_mapped,
+};
 
 // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
 // implicit padding (explicit pad fields, sizes asserted in lib.rs), so every bit pattern is valid.
@@ -11,6 +16,7 @@ unsafe impl aya::Pod for ServiceKey {}
 unsafe impl aya::Pod for ServiceValue {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for Counters {}
+unsafe impl aya::Pod for ServiceName {}
 
 /// The 16-byte form of an address as the maps store it (IPv4 becomes IPv4-mapped).
 pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
@@ -75,6 +81,32 @@ impl Config {
     }
 }
 
+impl ServiceName {
+    /// Encodes `namespace/name`; longer strings than Kubernetes allows are truncated.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        fn field(s: &str) -> [u8; MAX_NAME_LEN + 1] {
+            let mut out = [0u8; MAX_NAME_LEN + 1];
+            let bytes = s.as_bytes();
+            let n = bytes.len().min(MAX_NAME_LEN);
+            out[..n].copy_from_slice(&bytes[..n]);
+            out
+        }
+        Self {
+            namespace: field(namespace),
+            name: field(name),
+        }
+    }
+
+    /// `(namespace, name)` as strings.
+    pub fn parts(&self) -> (String, String) {
+        fn text(field: &[u8]) -> String {
+            let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+            String::from_utf8_lossy(&field[..end]).into_owned()
+        }
+        (text(&self.namespace), text(&self.name))
+    }
+}
+
 /// IPv4-mapped IPv6 addresses are the same destination as the IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -107,6 +139,14 @@ mod tests {
         assert!(!ep.is_v4());
         assert_eq!(ep.v4(), None);
         assert_eq!(SocketAddr::from(ep), sa);
+    }
+
+    #[test]
+    fn service_names_round_trip_and_truncate() {
+        let n = ServiceName::new("shop", "web");
+        assert_eq!(n.parts(), ("shop".into(), "web".into()));
+        let long = "x".repeat(100);
+        assert_eq!(ServiceName::new(&long, "a").parts().0.len(), MAX_NAME_LEN);
     }
 
     #[test]

@@ -102,7 +102,10 @@ fn steer(ctx: &SockAddrContext, dst: Endpoint) -> Option<Endpoint> {
             Endpoint::new(v4_mapped(cfg.proxy4_addr), cfg.proxy4_port),
         )
     } else {
-        (cfg.proxy6_ready, Endpoint::new(cfg.proxy6_addr, cfg.proxy6_port))
+        (
+            cfg.proxy6_ready,
+            Endpoint::new(cfg.proxy6_addr, cfg.proxy6_port),
+        )
     };
     if ready == 0 || proxy.port == 0 {
         bump!(skipped_proxy_not_ready);

@@ -7,8 +7,7 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use redirector_common::{
-    AF_INET, AF_INET6, Endpoint, IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6,
-    v4_mapped,
+    AF_INET, AF_INET6, Endpoint, IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, v4_mapped,
 };
 
 use crate::{counters::bump, maps::ORIG_DST};

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use redirector_common::{
     Config, Counters, DEFAULT_SERVICES_CAPACITY, Endpoint, ORIG_DST_CAPACITY, ServiceKey,
-    ServiceValue,
+    ServiceName, ServiceValue,
 };
 
 /// Selected destinations. User space may resize it before load (`--services-capacity`).
@@ -33,3 +33,9 @@ pub static SOCK_ORIG_DST: SkStorage<Endpoint> = SkStorage::new();
 /// Per-CPU counters at index 0.
 #[btf_map(name = "counters")]
 pub static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+
+/// Service id → namespace/name, for `redirector status`. No program reads it; it lives here so
+/// the loader creates and pins it with BTF like the others.
+#[btf_map(name = "service_names")]
+pub static SERVICE_NAMES: HashMap<u32, ServiceName, { DEFAULT_SERVICES_CAPACITY as usize }> =
+    HashMap::new();
