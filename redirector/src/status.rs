@@ -1,12 +1,15 @@
 //! `redirector status`: what is selected and the counters, read from the pins (so it works
 //! while the daemon is down). Gathering is I/O; rendering is pure and unit-tested.
 
-use std::{fmt::Write as _, net::SocketAddr};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
-use redirector_common::{Config, Counters, ServiceKey, ServiceValue};
+use redirector_common::{Config, Counters, ServiceKey, ServiceName, ServiceValue};
 use serde::Serialize;
 
-use crate::dataplane::{Dataplane, DataplaneError};
+use crate::{
+    dataplane::{Dataplane, DataplaneError},
+    reconcile::SelectionMaps as _,
+};
 
 /// Everything `status` shows.
 #[derive(Debug, Serialize)]
@@ -56,7 +59,9 @@ pub struct Destination {
     pub address: SocketAddr,
     /// Always `tcp`.
     pub protocol: &'static str,
-    /// The daemon's number for the Service it belongs to.
+    /// The Service it belongs to, `namespace/name`.
+    pub service: String,
+    /// The daemon's number for that Service.
     pub service_id: u32,
 }
 
@@ -95,10 +100,12 @@ impl From<Counters> for CounterReport {
 
 /// Reads the report from a pinned dataplane.
 pub fn gather(dp: &Dataplane) -> Result<StatusReport, DataplaneError> {
+    let pinned = dp.read()?;
     Ok(build(
         dp.pin_dir().display().to_string(),
         &dp.config()?,
-        dp.services()?,
+        pinned.services.into_iter().collect(),
+        &pinned.names,
         dp.services_capacity(),
         dp.orig_dst_entries()?.len(),
         dp.counters()?,
@@ -110,6 +117,7 @@ pub fn build(
     pin_dir: String,
     config: &Config,
     services: Vec<(ServiceKey, ServiceValue)>,
+    names: &BTreeMap<u32, ServiceName>,
     capacity: u32,
     tracked_connections: usize,
     counters: Counters,
@@ -119,10 +127,17 @@ pub fn build(
         .map(|(k, v)| Destination {
             address: k.socket_addr(),
             protocol: "tcp",
+            service: names.get(&v.service_id).map_or_else(
+                || format!("(unnamed #{})", v.service_id),
+                |n| {
+                    let (namespace, name) = n.parts();
+                    format!("{namespace}/{name}")
+                },
+            ),
             service_id: v.service_id,
         })
         .collect();
-    destinations.sort_by_key(|d| (d.service_id, d.address));
+    destinations.sort_by(|a, b| (&a.service, a.address).cmp(&(&b.service, b.address)));
     let n_cgroups = (config.exclude_cgroup_count as usize).min(config.exclude_cgroups.len());
     let n_uids = (config.exclude_uid_count as usize).min(config.exclude_uids.len());
     StatusReport {
@@ -195,10 +210,10 @@ pub fn render_text(r: &StatusReport) -> String {
         for d in &r.destinations {
             let _ = writeln!(
                 out,
-                "  {:<46} {:<6} #{}",
+                "  {:<46} {:<6} {}",
                 d.address.to_string(),
                 d.protocol,
-                d.service_id
+                d.service
             );
         }
     }
@@ -258,8 +273,19 @@ mod tests {
             redirected: 3,
             ..Counters::default()
         };
-        let r = build("/pins".into(), &config, services, 65536, 2, counters);
-        assert_eq!(r.destinations[0].address.to_string(), "10.96.0.10:80");
+        let names = BTreeMap::from([(1, ServiceName::new("shop", "web"))]);
+        let r = build(
+            "/pins".into(),
+            &config,
+            services,
+            &names,
+            65536,
+            2,
+            counters,
+        );
+        assert_eq!(r.destinations[0].address.to_string(), "10.96.0.20:443");
+        assert_eq!(r.destinations[0].service, "(unnamed #2)");
+        assert_eq!(r.destinations[1].service, "shop/web");
         assert!(r.proxy6.is_none());
         let text = render_text(&r);
         assert!(
@@ -272,6 +298,6 @@ mod tests {
         assert!(text.contains("redirected 3"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["counters"]["seen"], 7);
-        assert_eq!(json["destinations"][1]["service_id"], 2);
+        assert_eq!(json["destinations"][1]["service"], "shop/web");
     }
 }

@@ -25,12 +25,15 @@ use aya::{
     util::KernelVersion,
 };
 use redirector_common::{
-    Config, Counters, Endpoint, ORIG_DST_CAPACITY, ServiceKey, ServiceValue, map_names,
-    program_names,
+    Config, Counters, Endpoint, ORIG_DST_CAPACITY, ServiceKey, ServiceName, ServiceValue,
+    map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
-use crate::cgroup::{self, CgroupError};
+use crate::{
+    cgroup::{self, CgroupError},
+    reconcile::{Pinned, SelectionMaps},
+};
 
 mod link;
 
@@ -180,6 +183,7 @@ pub struct Dataplane {
     config: Array<MapData, Config>,
     orig_dst: HashMap<MapData, Endpoint, Endpoint>,
     counters: PerCpuArray<MapData, Counters>,
+    service_names: HashMap<MapData, u32, ServiceName>,
     /// Loaded programs; `None` for a dataplane opened from pins only (status, tests).
     programs: Option<Ebpf>,
 }
@@ -252,7 +256,7 @@ impl Dataplane {
         pin_dir: &Path,
         mut take: impl FnMut(&'static str) -> Result<Map, MapError>,
     ) -> Result<Self> {
-        use map_names::{CONFIG, COUNTERS, ORIG_DST, SERVICES};
+        use map_names::{CONFIG, COUNTERS, ORIG_DST, SERVICE_NAMES, SERVICES};
         let services: HashMap<MapData, ServiceKey, ServiceValue> = take(SERVICES)
             .and_then(HashMap::try_from)
             .map_err(map_err(SERVICES))?;
@@ -274,6 +278,9 @@ impl Dataplane {
             counters: take(COUNTERS)
                 .and_then(PerCpuArray::try_from)
                 .map_err(map_err(COUNTERS))?,
+            service_names: take(SERVICE_NAMES)
+                .and_then(HashMap::try_from)
+                .map_err(map_err(SERVICE_NAMES))?,
             programs: None,
         })
     }
@@ -409,6 +416,49 @@ impl Dataplane {
     }
 }
 
+impl SelectionMaps for Dataplane {
+    fn read(&self) -> Result<Pinned> {
+        let names = self
+            .service_names
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SERVICE_NAMES))?;
+        Ok(Pinned {
+            services: self.services()?.into_iter().collect(),
+            names,
+        })
+    }
+
+    fn insert_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
+        Dataplane::insert_services(self, entries)
+    }
+
+    fn remove_services(&mut self, keys: &[ServiceKey]) -> Result<()> {
+        Dataplane::remove_services(self, keys)
+    }
+
+    fn set_service_names(&mut self, names: &[(u32, ServiceName)]) -> Result<()> {
+        for (id, name) in names {
+            self.service_names
+                .insert(id, name, 0)
+                .map_err(map_err(map_names::SERVICE_NAMES))?;
+        }
+        Ok(())
+    }
+
+    fn remove_service_names(&mut self, ids: &[u32]) -> Result<()> {
+        for id in ids {
+            match self.service_names.remove(id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(map_err(map_names::SERVICE_NAMES)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Removes every program and pin under `pin_dir`: a clean uninstall. Connections already
 /// proxied keep working (their sockets are connected to the proxy); new ones go direct.
 /// Returns whether there was anything to remove.
@@ -483,7 +533,7 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
 /// reuse them blindly and the programs would read garbage.
 fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
     use std::mem::size_of;
-    let expected: [(&str, u32, u32); 4] = [
+    let expected: [(&str, u32, u32); 5] = [
         (
             map_names::SERVICES,
             size_of::<ServiceKey>() as u32,
@@ -496,6 +546,7 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
             size_of::<Endpoint>() as u32,
         ),
         (map_names::COUNTERS, 4, size_of::<Counters>() as u32),
+        (map_names::SERVICE_NAMES, 4, size_of::<ServiceName>() as u32),
     ];
     for (name, key_size, value_size) in expected {
         let path = pin_dir.join(name);

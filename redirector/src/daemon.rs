@@ -1,0 +1,233 @@
+//! `redirector run`: the daemon. It loads and attaches the datapath (adopting what an earlier
+//! run pinned), then keeps the `services` map equal to what the Services select, checks the
+//! proxy, and serves metrics. On SIGTERM or SIGINT it exits and leaves the datapath in place:
+//! steering goes on unchanged until the next run adopts it.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    cgroup::{cgroup_ref, cgroup2_mount},
+    dataplane::{Dataplane, LoadOptions, warn_capacity_mismatch},
+    health,
+    metrics::{self, Metrics},
+    proxy_config::ProxySettings,
+    reconcile::Reconciler,
+    selection::{self, Finding},
+    sources::{self, kube::EventPublisher},
+    store::{Change, ObjectStore},
+};
+
+/// Where Services come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A file of manifests, followed.
+    File(PathBuf),
+    /// The Kubernetes API: this kubeconfig, or in-cluster / `$KUBECONFIG` when `None`.
+    Kube(Option<PathBuf>),
+}
+
+/// Everything `redirector run` was asked.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The IPv4 proxy.
+    pub proxy: Option<SocketAddr>,
+    /// The IPv6 proxy.
+    pub proxy6: Option<SocketAddr>,
+    /// Where Services come from.
+    pub source: Source,
+    /// The cgroup v2 directory to attach to; `None`: the cgroup2 root.
+    pub cgroup: Option<PathBuf>,
+    /// The pin directory.
+    pub pin_dir: PathBuf,
+    /// The selecting annotation.
+    pub annotation: String,
+    /// Cgroups never steered.
+    pub exclude_cgroups: Vec<PathBuf>,
+    /// UIDs never steered.
+    pub exclude_uids: Vec<u32>,
+    /// `(mark, mask)` never steered.
+    pub exclude_mark: Option<(u32, u32)>,
+    /// Where to serve metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often to check the proxy.
+    pub proxy_check_interval: Duration,
+    /// Capacity of a newly created `services` map.
+    pub services_capacity: u32,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    // Everything that can be checked without touching the kernel is checked first.
+    let mount = cgroup2_mount()?;
+    let settings = ProxySettings {
+        proxy4: opts.proxy,
+        proxy6: opts.proxy6,
+        exclude_cgroups: opts
+            .exclude_cgroups
+            .iter()
+            .map(|p| cgroup_ref(p, &mount))
+            .collect::<Result<_, _>>()
+            .context("--exclude-cgroup")?,
+        exclude_uids: opts.exclude_uids.clone(),
+        exclude_mark: opts.exclude_mark,
+    };
+    let mut config = settings.to_config()?;
+    let cgroup = opts.cgroup.clone().unwrap_or(mount);
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
+    let metrics = Arc::new(Metrics::default());
+    // Sources next: a services file that does not parse must stop us before we attach.
+    let (events, _source_tasks) = match &opts.source {
+        Source::File(path) => {
+            let task = sources::file::start(path.clone(), tx.clone(), Arc::clone(&metrics))?;
+            (None, vec![task])
+        }
+        Source::Kube(kubeconfig) => {
+            let client = sources::kube::client(kubeconfig.as_deref())
+                .await
+                .context("cannot configure the Kubernetes client (use --kubeconfig, $KUBECONFIG, or run in a cluster; or --services-file to run without one)")?;
+            let tasks = sources::kube::start(client.clone(), tx.clone(), Arc::clone(&metrics));
+            (Some(EventPublisher::new(client)), tasks)
+        }
+    };
+    drop(tx);
+
+    let load = LoadOptions {
+        pin_dir: opts.pin_dir.clone(),
+        services_capacity: opts.services_capacity,
+    };
+    let mut dataplane = Dataplane::load(&load)?;
+    warn_capacity_mismatch(&dataplane, opts.services_capacity);
+    dataplane.attach(&cgroup)?;
+    // Keep the pinned readiness while the proxies are the same, so a restart causes no
+    // fail-open blip; the checker corrects it within one interval.
+    let pinned = dataplane.config()?;
+    if pinned.proxy4() == config.proxy4() && pinned.proxy6() == config.proxy6() {
+        config.proxy4_ready = pinned.proxy4_ready;
+        config.proxy6_ready = pinned.proxy6_ready;
+    }
+    dataplane.set_config(&config)?;
+    metrics.set_capacity(dataplane.services_capacity());
+    metrics.set_proxy_ready(config.proxy4_ready != 0, config.proxy6_ready != 0);
+    let mut reconciler = Reconciler::new(dataplane)?;
+    info!(
+        pinned_destinations = reconciler.current().services.len(),
+        cgroup = %cgroup.display(),
+        "datapath ready; waiting for the first full sync"
+    );
+
+    let _health = health::start(
+        settings.proxy4,
+        settings.proxy6,
+        opts.proxy_check_interval,
+        Dataplane::open_pinned(&opts.pin_dir)?,
+        Arc::clone(&metrics),
+    );
+    let _metrics_server = match opts.metrics_addr {
+        Some(addr) => Some(
+            metrics::serve(
+                addr,
+                Arc::clone(&metrics),
+                Dataplane::open_pinned(&opts.pin_dir)?,
+            )
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    let mut store = ObjectStore::default();
+    let mut reported: BTreeSet<Finding> = BTreeSet::new();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            change = rx.recv() => {
+                let Some(change) = change else {
+                    error!("every source stopped; exiting and leaving the datapath in place");
+                    return Ok(());
+                };
+                store.apply(change);
+                // Take everything already queued, then reconcile once.
+                while let Ok(more) = rx.try_recv() {
+                    store.apply(more);
+                }
+                if store.synced() {
+                    reconcile_once(&store, &opts.annotation, &mut reconciler, &metrics, &mut reported, events.as_ref()).await;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("exiting; the datapath stays in place and the next run adopts it");
+    Ok(())
+}
+
+async fn reconcile_once(
+    store: &ObjectStore,
+    annotation: &str,
+    reconciler: &mut Reconciler<Dataplane>,
+    metrics: &Metrics,
+    reported: &mut BTreeSet<Finding>,
+    events: Option<&EventPublisher>,
+) {
+    let started = Instant::now();
+    let (desired, findings) = selection::desired(store.services(), store.slices(), annotation);
+    match reconciler.reconcile(&desired) {
+        Ok(outcome) => {
+            metrics.reconciled(
+                started.elapsed(),
+                outcome.services,
+                outcome.entries,
+                outcome.overflow,
+            );
+            if outcome.inserted + outcome.removed > 0 {
+                info!(
+                    services = outcome.services,
+                    destinations = outcome.entries,
+                    added = outcome.inserted,
+                    removed = outcome.removed,
+                    "selection updated"
+                );
+            }
+            if outcome.overflow > 0 {
+                error!(
+                    not_steered = outcome.overflow,
+                    capacity = reconciler.maps_mut().services_capacity(),
+                    "the services map is full: these destinations are not steered; raise --services-capacity (and `redirector detach` so the map is recreated)"
+                );
+            }
+        }
+        Err(e) => {
+            metrics.reconcile_error();
+            error!(error = %e, "reconcile failed; will retry on the next change");
+        }
+    }
+    // Report each finding once, for as long as it stands.
+    let now: BTreeSet<Finding> = findings.into_iter().collect();
+    for finding in now.difference(reported) {
+        warn!("{finding}");
+        if let (Some(events), Finding::BadAnnotationValue { service, .. }) = (events, finding)
+            && let Some(svc) = store.service(&service.namespace, &service.name)
+        {
+            events
+                .warn(svc, "InvalidAnnotation", finding.to_string())
+                .await;
+        }
+    }
+    *reported = now;
+}

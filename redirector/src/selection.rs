@@ -1,0 +1,494 @@
+//! Which destinations to steer, from the Services and EndpointSlices we know. Pure: it knows
+//! nothing of aya or kube's client, so every rule is unit-tested.
+//!
+//! A Service is selected when its annotation (default `projectcalico.org/l7-logging`) is exactly
+//! `true`. It then contributes, for each TCP port: every `spec.clusterIPs` address, every
+//! `spec.externalIPs` address, every `status.loadBalancer.ingress[].ip`, and every ready
+//! endpoint address of its EndpointSlices with the endpoint port (which covers headless
+//! Services and datapaths that translate the ClusterIP before the socket layer sees it).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use redirector_common::ServiceKey;
+
+/// The default annotation key, as the reference product's users know it.
+pub const DEFAULT_ANNOTATION: &str = "projectcalico.org/l7-logging";
+
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A Service's namespace and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceRef {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl ServiceRef {
+    /// The reference of a Service object.
+    pub fn of(svc: &Service) -> Self {
+        Self {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Something about a Service the operator should hear about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Finding {
+    /// The annotation has a value other than `true` or `false`: nothing is selected.
+    BadAnnotationValue {
+        /// The Service.
+        service: ServiceRef,
+        /// The value found.
+        value: String,
+    },
+    /// An ExternalName Service has no addresses to steer.
+    ExternalName {
+        /// The Service.
+        service: ServiceRef,
+    },
+    /// A non-TCP port of a selected Service is not steered.
+    NonTcpPort {
+        /// The Service.
+        service: ServiceRef,
+        /// The port number.
+        port: i32,
+        /// Its protocol.
+        protocol: String,
+    },
+    /// The same destination is claimed by two selected Services; the first (by namespace/name)
+    /// keeps it.
+    SharedDestination {
+        /// The destination.
+        destination: SocketAddr,
+        /// The Service that keeps it.
+        kept: ServiceRef,
+        /// The Service that also claims it.
+        also: ServiceRef,
+    },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::BadAnnotationValue { service, value } => write!(
+                f,
+                "Service {service}: annotation value {value:?} is neither \"true\" nor \"false\"; \
+                 it selects nothing"
+            ),
+            Finding::ExternalName { service } => write!(
+                f,
+                "Service {service} is of type ExternalName: there is no address to steer"
+            ),
+            Finding::NonTcpPort {
+                service,
+                port,
+                protocol,
+            } => write!(
+                f,
+                "Service {service}: port {port}/{protocol} is not TCP and is not steered"
+            ),
+            Finding::SharedDestination {
+                destination,
+                kept,
+                also,
+            } => write!(
+                f,
+                "{destination} belongs to both {kept} and {also}; it is logged as {kept}"
+            ),
+        }
+    }
+}
+
+/// What the annotation says about a Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// `true`.
+    Selected,
+    /// Absent or `false`.
+    NotSelected,
+    /// Anything else (reported).
+    Invalid,
+}
+
+/// Reads the annotation.
+pub fn verdict(svc: &Service, annotation: &str) -> Verdict {
+    match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotation))
+        .map(String::as_str)
+    {
+        None | Some("false") => Verdict::NotSelected,
+        Some("true") => Verdict::Selected,
+        Some(_) => Verdict::Invalid,
+    }
+}
+
+/// The destinations to steer, each with the Service it belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Destination → Service.
+    pub destinations: BTreeMap<ServiceKey, ServiceRef>,
+}
+
+impl Desired {
+    /// The selected Services.
+    pub fn services(&self) -> BTreeSet<&ServiceRef> {
+        self.destinations.values().collect()
+    }
+}
+
+/// Computes what to steer from all known Services and EndpointSlices.
+pub fn desired<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    annotation: &str,
+) -> (Desired, Vec<Finding>) {
+    let mut findings = Vec::new();
+    // Slices by the Service they belong to.
+    let mut slices_of: BTreeMap<ServiceRef, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        let Some(name) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        let owner = ServiceRef {
+            namespace: slice.metadata.namespace.clone().unwrap_or_default(),
+            name: name.clone(),
+        };
+        slices_of.entry(owner).or_default().push(slice);
+    }
+
+    // Sorted, so "first claim wins" is deterministic.
+    let mut services: Vec<&Service> = services.into_iter().collect();
+    services.sort_by_key(|s| ServiceRef::of(s));
+
+    let mut out = Desired::default();
+    for svc in services {
+        let service = ServiceRef::of(svc);
+        match verdict(svc, annotation) {
+            Verdict::NotSelected => continue,
+            Verdict::Invalid => {
+                let value = svc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(annotation))
+                    .cloned()
+                    .unwrap_or_default();
+                findings.push(Finding::BadAnnotationValue { service, value });
+                continue;
+            }
+            Verdict::Selected => {}
+        }
+        let spec = svc.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            findings.push(Finding::ExternalName { service });
+            continue;
+        }
+        let mut mine: BTreeSet<SocketAddr> = BTreeSet::new();
+        let frontends = frontend_ips(svc);
+        for port in spec.and_then(|s| s.ports.as_ref()).into_iter().flatten() {
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            if protocol != "TCP" {
+                findings.push(Finding::NonTcpPort {
+                    service: service.clone(),
+                    port: port.port,
+                    protocol: protocol.to_string(),
+                });
+                continue;
+            }
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            mine.extend(frontends.iter().map(|ip| SocketAddr::new(*ip, number)));
+        }
+        for slice in slices_of.get(&service).into_iter().flatten() {
+            mine.extend(endpoint_destinations(slice));
+        }
+        for destination in mine {
+            let key = ServiceKey::tcp_addr(destination);
+            match out.destinations.get(&key) {
+                Some(kept) => findings.push(Finding::SharedDestination {
+                    destination,
+                    kept: kept.clone(),
+                    also: service.clone(),
+                }),
+                None => {
+                    out.destinations.insert(key, service.clone());
+                }
+            }
+        }
+    }
+    (out, findings)
+}
+
+/// ClusterIPs, external IPs and load-balancer IPs of a Service.
+fn frontend_ips(svc: &Service) -> BTreeSet<IpAddr> {
+    let mut ips = BTreeSet::new();
+    if let Some(spec) = &svc.spec {
+        let cluster = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter());
+        let external = spec.external_ips.iter().flatten();
+        // "None" (headless) and "" (unallocated) do not parse and are skipped.
+        ips.extend(
+            cluster
+                .chain(external)
+                .filter_map(|s| s.parse::<IpAddr>().ok()),
+        );
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    ips.extend(
+        ingress
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref())
+            .filter_map(|s| s.parse::<IpAddr>().ok()),
+    );
+    ips
+}
+
+/// Ready endpoint addresses × TCP ports of one slice.
+fn endpoint_destinations(slice: &EndpointSlice) -> Vec<SocketAddr> {
+    if slice.address_type == "FQDN" {
+        return Vec::new();
+    }
+    let ports: Vec<u16> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok()))
+        .collect();
+    let mut out = Vec::new();
+    for endpoint in &slice.endpoints {
+        // An unknown readiness counts as ready, as the EndpointSlice API asks consumers to.
+        let ready = endpoint
+            .conditions
+            .as_ref()
+            .and_then(|c| c.ready)
+            .unwrap_or(true);
+        if !ready {
+            continue;
+        }
+        for addr in endpoint
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+        {
+            out.extend(ports.iter().map(|&p| SocketAddr::new(addr, p)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).expect("valid Service")
+    }
+
+    fn slice(v: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(v).expect("valid EndpointSlice")
+    }
+
+    fn annotated(value: Option<&str>, spec: serde_json::Value) -> Service {
+        let mut meta = json!({"name": "web", "namespace": "shop"});
+        if let Some(v) = value {
+            meta["annotations"] = json!({ DEFAULT_ANNOTATION: v });
+        }
+        svc(json!({"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}))
+    }
+
+    fn dests(services: &[Service], slices: &[EndpointSlice]) -> (Vec<String>, Vec<Finding>) {
+        let (d, f) = desired(services, slices, DEFAULT_ANNOTATION);
+        let mut v: Vec<String> = d
+            .destinations
+            .keys()
+            .map(|k| k.socket_addr().to_string())
+            .collect();
+        v.sort();
+        (v, f)
+    }
+
+    fn cluster_ip_spec() -> serde_json::Value {
+        json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+               "ports": [{"port": 80, "targetPort": 8080}]})
+    }
+
+    #[test]
+    fn annotation_values() {
+        let cases: [(Option<&str>, usize, usize); 6] = [
+            (None, 0, 0),
+            (Some("false"), 0, 0),
+            (Some("true"), 1, 0),
+            (Some("True"), 0, 1),
+            (Some("yes"), 0, 1),
+            (Some(""), 0, 1),
+        ];
+        for (value, selected, reported) in cases {
+            let (d, f) = dests(&[annotated(value, cluster_ip_spec())], &[]);
+            assert_eq!(d.len(), selected, "value {value:?}");
+            assert_eq!(f.len(), reported, "value {value:?}: {f:?}");
+            if reported == 1 {
+                assert!(matches!(&f[0], Finding::BadAnnotationValue { value: v, .. }
+                    if Some(v.as_str()) == value));
+            }
+        }
+    }
+
+    #[test]
+    fn annotation_key_is_configurable() {
+        let s = svc(json!({"metadata": {"name": "a", "namespace": "n",
+            "annotations": {"example.com/log": "true"}}, "spec": cluster_ip_spec()}));
+        assert_eq!(desired([&s], [], "example.com/log").0.destinations.len(), 1);
+        assert!(
+            desired([&s], [], DEFAULT_ANNOTATION)
+                .0
+                .destinations
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn every_frontend_address_for_every_tcp_port() {
+        let s = svc(json!({
+            "metadata": {"name": "web", "namespace": "shop",
+                         "annotations": {DEFAULT_ANNOTATION: "true"}},
+            "spec": {"type": "LoadBalancer",
+                     "clusterIP": "10.96.0.10",
+                     "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                     "externalIPs": ["192.0.2.7"],
+                     "ports": [{"port": 80}, {"port": 443, "protocol": "TCP"},
+                               {"port": 53, "protocol": "UDP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"},
+                                                    {"hostname": "lb.example.com"}]}}
+        }));
+        let (d, f) = dests(&[s], &[]);
+        assert_eq!(
+            d,
+            [
+                "10.96.0.10:443",
+                "10.96.0.10:80",
+                "192.0.2.7:443",
+                "192.0.2.7:80",
+                "198.51.100.1:443",
+                "198.51.100.1:80",
+                "[fd00:96::10]:443",
+                "[fd00:96::10]:80",
+            ]
+        );
+        assert_eq!(
+            f,
+            [Finding::NonTcpPort {
+                service: ServiceRef {
+                    namespace: "shop".into(),
+                    name: "web".into()
+                },
+                port: 53,
+                protocol: "UDP".into()
+            }]
+        );
+    }
+
+    fn web_slice(endpoints: serde_json::Value) -> EndpointSlice {
+        slice(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abc", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"port": 8080, "protocol": "TCP"}, {"port": 9090, "protocol": "SCTP"}]
+        }))
+    }
+
+    #[test]
+    fn ready_endpoints_with_their_ports() {
+        let sl = web_slice(json!([
+            {"addresses": ["10.244.1.5"], "conditions": {"ready": true}},
+            {"addresses": ["10.244.2.6"]},
+            {"addresses": ["10.244.3.7"], "conditions": {"ready": false}}
+        ]));
+        let (d, _) = dests(&[annotated(Some("true"), cluster_ip_spec())], &[sl]);
+        assert_eq!(d, ["10.244.1.5:8080", "10.244.2.6:8080", "10.96.0.10:80"]);
+    }
+
+    #[test]
+    fn headless_service_is_covered_by_its_endpoints() {
+        let spec = json!({"clusterIP": "None", "clusterIPs": ["None"], "ports": [{"port": 80}]});
+        let sl = web_slice(json!([{"addresses": ["10.244.1.5"]}]));
+        let (d, f) = dests(&[annotated(Some("true"), spec)], &[sl]);
+        assert_eq!(d, ["10.244.1.5:8080"]);
+        assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn slices_of_other_services_or_namespaces_do_not_count() {
+        let mut other = web_slice(json!([{"addresses": ["10.244.9.9"]}]));
+        other.metadata.namespace = Some("elsewhere".into());
+        let (d, _) = dests(&[annotated(Some("true"), cluster_ip_spec())], &[other]);
+        assert_eq!(d, ["10.96.0.10:80"]);
+        let sl = web_slice(json!([{"addresses": ["10.244.1.5"]}]));
+        let (d, _) = dests(&[annotated(None, cluster_ip_spec())], &[sl]);
+        assert!(
+            d.is_empty(),
+            "an unselected Service's endpoints are not steered"
+        );
+    }
+
+    #[test]
+    fn external_name_is_reported_not_selected() {
+        let spec = json!({"type": "ExternalName", "externalName": "db.example.com"});
+        let (d, f) = dests(&[annotated(Some("true"), spec)], &[]);
+        assert!(d.is_empty());
+        assert!(matches!(f.as_slice(), [Finding::ExternalName { .. }]));
+    }
+
+    #[test]
+    fn a_shared_destination_goes_to_the_first_service() {
+        let a = svc(json!({"metadata": {"name": "a", "namespace": "n",
+            "annotations": {DEFAULT_ANNOTATION: "true"}},
+            "spec": {"clusterIPs": ["10.96.0.1"], "externalIPs": ["192.0.2.1"],
+                     "ports": [{"port": 80}]}}));
+        let b = svc(json!({"metadata": {"name": "b", "namespace": "n",
+            "annotations": {DEFAULT_ANNOTATION: "true"}},
+            "spec": {"clusterIPs": ["10.96.0.2"], "externalIPs": ["192.0.2.1"],
+                     "ports": [{"port": 80}]}}));
+        let (d, f) = desired([&b, &a], [], DEFAULT_ANNOTATION);
+        let owner = &d.destinations[&ServiceKey::tcp_addr("192.0.2.1:80".parse().unwrap())];
+        assert_eq!(owner.name, "a");
+        assert_eq!(d.destinations.len(), 3);
+        assert!(matches!(f.as_slice(), [Finding::SharedDestination { .. }]));
+    }
+}
