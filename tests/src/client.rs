@@ -25,20 +25,7 @@ impl Client {
     /// Connects to `dst` from a socket created in `ns` and `cgroup`. An IPv4-mapped `dst` is
     /// dialled from a dual-stack IPv6 socket, as such programs do.
     pub fn connect(ns: &Netns, cgroup: &Path, dst: SocketAddr) -> Result<Self> {
-        let stream = in_cgroup(cgroup, || {
-            ns.run(move || -> Result<TcpStream> {
-                let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
-                if dst.is_ipv6() {
-                    socket.set_only_v6(false)?;
-                }
-                socket
-                    .connect_timeout(&dst.into(), IO_TIMEOUT)
-                    .with_context(|| format!("connect to {dst}"))?;
-                Ok(socket.into())
-            })
-        })???;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let stream = connect_stream(ns, cgroup, dst)?;
         Ok(Self {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
@@ -78,4 +65,24 @@ impl Client {
             .context("waiting for close")?;
         Ok(())
     }
+}
+
+/// A TCP connection to `dst` from a socket created in `ns` and `cgroup`, with timeouts set.
+/// An IPv6 `dst` (IPv4-mapped included) is dialled from a dual-stack socket.
+pub fn connect_stream(ns: &Netns, cgroup: &Path, dst: SocketAddr) -> Result<TcpStream> {
+    let stream = in_cgroup(cgroup, || {
+        ns.run(move || -> Result<TcpStream> {
+            let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+            if dst.is_ipv6() {
+                socket.set_only_v6(false)?;
+            }
+            socket
+                .connect_timeout(&dst.into(), IO_TIMEOUT)
+                .with_context(|| format!("connect to {dst}"))?;
+            Ok(socket.into())
+        })
+    })???;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
 }

@@ -69,6 +69,9 @@ pub struct LabOptions {
     pub exclude_uids: Vec<u32>,
     /// Exclude this `(mark, mask)`.
     pub exclude_mark: Option<(u32, u32)>,
+    /// Load and attach the dataplane in this process (the datapath tests); `false` leaves it
+    /// to a `redirector run` the test starts (the daemon tests).
+    pub attach: bool,
 }
 
 impl Default for LabOptions {
@@ -77,13 +80,22 @@ impl Default for LabOptions {
             exclude_proxy_cgroup: true,
             exclude_uids: Vec::new(),
             exclude_mark: None,
+            attach: true,
         }
     }
 }
 
-/// No exclusion at all: the proxy's upstream loops back to it (the negative control).
 impl LabOptions {
-    /// Options that exclude nothing.
+    /// For the daemon tests: the daemon, not the test, owns the dataplane.
+    pub fn for_daemon() -> Self {
+        Self {
+            attach: false,
+            ..Self::default()
+        }
+    }
+
+    /// Options that exclude nothing: the proxy's upstream loops back to it (the negative
+    /// control).
     pub fn nothing_excluded() -> Self {
         Self {
             exclude_proxy_cgroup: false,
@@ -167,6 +179,9 @@ impl Lab {
             cgroups,
             _backend: backend,
         };
+        if !lab.options.attach {
+            return Ok(lab);
+        }
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: lab.pin_dir.clone(),
             ..Default::default()
@@ -177,6 +192,77 @@ impl Lab {
         dp.set_proxy_ready(true, true)?;
         lab.dataplane = Some(dp);
         Ok(lab)
+    }
+
+    /// The root of the lab's cgroup tree, where the programs are attached.
+    pub fn cgroup_root(&self) -> &std::path::Path {
+        self.cgroups.root()
+    }
+
+    /// The destinations in the pinned `services` map now (empty while nothing is pinned).
+    pub fn pinned_destinations(&self) -> Result<std::collections::BTreeSet<SocketAddr>> {
+        match Dataplane::open_pinned(&self.pin_dir) {
+            Ok(dp) => Ok(dp
+                .services()?
+                .iter()
+                .map(|(k, _)| k.socket_addr())
+                .collect()),
+            Err(redirector::dataplane::DataplaneError::NotPinned { .. }) => Ok(Default::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The pinned `config` entry's readiness flags `(v4, v6)`.
+    pub fn pinned_readiness(&self) -> Result<(bool, bool)> {
+        let c = Dataplane::open_pinned(&self.pin_dir)?.config()?;
+        Ok((c.proxy4_ready != 0, c.proxy6_ready != 0))
+    }
+
+    /// `redirector run` flags matching this lab: its cgroup, pins, proxies and exclusions.
+    pub fn daemon_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--cgroup".to_string(),
+            self.cgroups.root().display().to_string(),
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+            "--proxy-check-interval".into(),
+            "200ms".into(),
+        ];
+        if let Some(p) = self.settings.proxy4 {
+            args.extend(["--proxy".into(), p.to_string()]);
+        }
+        if let Some(p) = self.settings.proxy6 {
+            args.extend(["--proxy6".into(), p.to_string()]);
+        }
+        if self.options.exclude_proxy_cgroup {
+            args.extend([
+                "--exclude-cgroup".into(),
+                self.proxy_cgroup.display().to_string(),
+            ]);
+        }
+        args
+    }
+
+    /// Emulates a ClusterIP as kube-proxy would: a DNAT in the node namespace, both for
+    /// traffic routed through the node (prerouting) and for the node's own connections, such as
+    /// the proxy's upstream ones (output). The rules go away with the namespace.
+    pub fn emulate_cluster_ip(&self, cluster_ip: SocketAddr, endpoint: SocketAddr) -> Result<()> {
+        let nft = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", self.node_ns.name(), "nft"];
+            all.extend_from_slice(args);
+            crate::sys::run("ip", &all)
+        };
+        nft(&["add", "table", "ip", "l7r"])?;
+        nft(&["add chain ip l7r pre { type nat hook prerouting priority -100 ; }"])?;
+        nft(&["add chain ip l7r out { type nat hook output priority -100 ; }"])?;
+        for chain in ["pre", "out"] {
+            nft(&[&format!(
+                "add rule ip l7r {chain} ip daddr {} tcp dport {} dnat to {endpoint}",
+                cluster_ip.ip(),
+                cluster_ip.port()
+            )])?;
+        }
+        Ok(())
     }
 
     /// The dataplane handle.

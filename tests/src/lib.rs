@@ -3,16 +3,28 @@
 //!
 //! - [`sys`]: root check, unique names, running commands.
 //! - [`netns`]: network namespaces and running code inside one.
+//! - [`process`]: starting a program inside a lab namespace and cgroup.
 //! - [`cgroups`]: a child cgroup v2 tree, and creating sockets from inside one of its cgroups.
 //! - [`backend`]: a line-echo server that says which peer address it saw.
 //! - [`proxy`]: a minimal node proxy: accepts, reads `SO_ORIGINAL_DST`, forwards.
 //! - [`client`]: a connected client socket with helpers.
+//! - [`daemon`]: a `redirector run` process under test.
+//! - [`http`]: an HTTP/1.1 backend that records what it served, and a keep-alive client.
+//! - [`envoy`]: the real Envoy as the node proxy, with `deploy/envoy.yaml`.
+//! - [`manifests`]: Service manifests and the daemon's services file.
 //! - [`lab`]: the world: client, node and backend namespaces, cgroups, and the dataplane.
+//! - [`kube_api`]: a small in-memory Kubernetes API server (a fixture) for kubectl and kube-rs.
 
 pub mod backend;
 pub mod cgroups;
 pub mod client;
+pub mod daemon;
+pub mod envoy;
+pub mod http;
+pub mod kube_api;
 pub mod lab;
+pub mod manifests;
 pub mod netns;
+pub mod process;
 pub mod proxy;
 pub mod sys;

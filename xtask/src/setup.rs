@@ -15,7 +15,8 @@ use crate::util;
 /// `rustc-web` and `libstd-rust-web-dev-bpf` give a compiler with a prebuilt `core` for
 /// `bpfel-unknown-none` (rustup cannot fetch `rust-src` here), `llvm-22-dev` is what bpf-linker
 /// links against, `bpftool` inspects pinned maps, the network tools build test topologies, and
-/// `python3-venv` is what `python3 -m venv` needs on Debian to create the Envoy venv.
+/// `python3-venv` is what `python3 -m venv` needs on Debian to create the Envoy venv, and
+/// `curl` is the HTTP client the end-to-end tests and the demo use, as the user guide does.
 pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -25,6 +26,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "python3-venv",
+    "curl",
 ];
 
 /// The bpf-linker release known to work with the LLVM 22 of Debian's `rustc-web`.

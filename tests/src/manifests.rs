@@ -1,0 +1,103 @@
+//! Service manifests for the daemon's `--services-file`, and the file itself (removed on drop).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::sys::unique_id;
+
+/// A Service with a ClusterIP and one ready endpoint, as `kubectl get -o yaml` would show it.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The ClusterIP.
+    pub cluster_ip: String,
+    /// The Service port.
+    pub port: u16,
+    /// The endpoint's address.
+    pub endpoint_ip: String,
+    /// The endpoint's (target) port.
+    pub endpoint_port: u16,
+    /// The `projectcalico.org/l7-logging` value, if annotated.
+    pub annotation: Option<String>,
+}
+
+impl ServiceSpec {
+    /// The same Service with another annotation value (`None`: no annotation).
+    pub fn annotated(&self, value: Option<&str>) -> Self {
+        Self {
+            annotation: value.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    /// The Service and its EndpointSlice as a two-document YAML stream.
+    pub fn yaml(&self) -> String {
+        let Self {
+            namespace,
+            name,
+            cluster_ip,
+            port,
+            endpoint_ip,
+            endpoint_port,
+            annotation,
+        } = self;
+        let annotations = match annotation {
+            Some(v) => format!("\n  annotations:\n    projectcalico.org/l7-logging: \"{v}\""),
+            None => String::new(),
+        };
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}{annotations}
+spec:
+  clusterIP: {cluster_ip}
+  clusterIPs: [{cluster_ip}]
+  ports: [{{port: {port}, targetPort: {endpoint_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-x1
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+endpoints: [{{addresses: [{endpoint_ip}], conditions: {{ready: true}}}}]
+ports: [{{port: {endpoint_port}, protocol: TCP}}]
+"
+        )
+    }
+}
+
+/// A services file in the temporary directory, removed on drop.
+pub struct ServicesFile(PathBuf);
+
+impl ServicesFile {
+    /// Creates it with `text`.
+    pub fn new(text: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("l7r-services-{}.yaml", unique_id()));
+        std::fs::write(&path, text)?;
+        Ok(Self(path))
+    }
+
+    /// Replaces its contents (in place, as an editor that truncates would).
+    pub fn write(&self, text: &str) -> Result<()> {
+        Ok(std::fs::write(&self.0, text)?)
+    }
+
+    /// Its path, as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for ServicesFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
