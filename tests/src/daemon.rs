@@ -111,13 +111,17 @@ pub fn eventually<T>(
     }
 }
 
-/// `GET path` over plain HTTP/1.0 to `addr` from inside `ns`: `(status, body)`.
+/// `GET path` over plain HTTP/1.1 (one request, then close) to `addr` from inside `ns`: `(status, body)`.
 pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let path = path.to_string();
     ns.run(move || -> Result<(u16, String)> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        // HTTP/1.1: Envoy (its admin included) refuses HTTP/1.0 by default.
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;
         let status = text

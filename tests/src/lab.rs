@@ -252,6 +252,15 @@ impl Lab {
             all.extend_from_slice(args);
             crate::sys::run("ip", &all)
         };
+        // The node needs a route to the ClusterIP for its own connects to get as far as the
+        // DNAT (a real node has a default route); the DNAT then picks the real path.
+        self.node_ns.ip(&[
+            "route",
+            "replace",
+            &format!("{}/32", cluster_ip.ip()),
+            "dev",
+            "vbackend",
+        ])?;
         nft(&["add", "table", "ip", "l7r"])?;
         nft(&["add chain ip l7r pre { type nat hook prerouting priority -100 ; }"])?;
         nft(&["add chain ip l7r out { type nat hook output priority -100 ; }"])?;
