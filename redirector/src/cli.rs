@@ -158,6 +158,11 @@ pub struct RunArgs {
     /// How often to check that the proxy accepts connections (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
     pub proxy_check_interval: Duration,
+    /// On SIGTERM, keep checking the proxy this long before exiting, so that a proxy going
+    /// down together with the daemon (a pod deleted or rolled) is marked not ready and traffic
+    /// fails open instead of being steered to nothing.
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub shutdown_grace: Duration,
     /// Capacity of the services map when it is created.
     #[arg(long, default_value_t = DEFAULT_SERVICES_CAPACITY, value_name = "N")]
     pub services_capacity: u32,
@@ -184,6 +189,7 @@ impl RunArgs {
             exclude_mark: self.exclude_mark,
             metrics_addr: self.metrics_addr,
             proxy_check_interval: self.proxy_check_interval,
+            shutdown_grace: self.shutdown_grace,
             services_capacity: self.services_capacity,
         }
     }
@@ -212,6 +218,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Like [`parse_duration`], but `0` (or `0s`) is allowed: "not at all".
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    match text.trim().trim_end_matches(['s', 'm']) {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +245,12 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_duration_or_zero("300ms"),
+            Ok(Duration::from_millis(300))
+        );
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! run pinned), then keeps the `services` map equal to what the Services select, checks the
 //! proxy, and serves metrics. On SIGTERM or SIGINT it exits and leaves the datapath in place:
 //! steering goes on unchanged until the next run adopts it.
+//!
+//! Before it exits it keeps checking the proxy for `--shutdown-grace`: when a pod is deleted or
+//! rolled, Envoy stops together with the daemon, and without this last look the pinned config
+//! would still say "ready" with nobody left to say otherwise, so new connections would be
+//! steered to a proxy that is gone instead of failing open.
 
 use std::{
     collections::BTreeSet,
@@ -64,6 +69,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// How often to check the proxy.
     pub proxy_check_interval: Duration,
+    /// How long to keep checking the proxy after SIGTERM before exiting.
+    pub shutdown_grace: Duration,
     /// Capacity of a newly created `services` map.
     pub services_capacity: u32,
 }
@@ -171,6 +178,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+        }
+    }
+    if !opts.shutdown_grace.is_zero() {
+        info!(
+            grace = ?opts.shutdown_grace,
+            "stopping; still checking the proxy meanwhile, so a proxy that stops with us fails open"
+        );
+        // The readiness checker runs on during the sleep; a second signal cuts it short.
+        tokio::select! {
+            _ = tokio::time::sleep(opts.shutdown_grace) => {}
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
         }
     }
     info!("exiting; the datapath stays in place and the next run adopts it");

@@ -64,6 +64,12 @@ impl Daemon {
         self.terminate()
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
     fn terminate(&mut self) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);

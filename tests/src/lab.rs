@@ -227,6 +227,10 @@ impl Lab {
             self.pin_dir.display().to_string(),
             "--proxy-check-interval".into(),
             "200ms".into(),
+            // Tests stop daemons often; one check interval and a bit is enough to see a proxy
+            // that stops together with the daemon.
+            "--shutdown-grace".into(),
+            "500ms".into(),
         ];
         if let Some(p) = self.settings.proxy4 {
             args.extend(["--proxy".into(), p.to_string()]);

@@ -304,3 +304,33 @@ fn sigterm_leaves_the_datapath_a_restart_adopts_it_and_detach_removes_it() -> Re
     );
     Ok(())
 }
+
+#[test]
+fn a_proxy_that_stops_together_with_the_daemon_fails_open() -> Result<()> {
+    let lab = Lab::with(LabOptions::for_daemon())?;
+    let proxy = lab.start_proxy(Upstream::Plain)?;
+    let file = ServicesFile::new(&manifests(Some("true")))?;
+    let daemon = start(&lab, &file, &[])?;
+    wait_ready(&lab, &daemon)?;
+    eventually("ready proxy", Duration::from_secs(5), || {
+        Ok((lab.pinned_readiness()? == (true, true)).then_some(()))
+    })?;
+
+    // A pod being deleted: both get SIGTERM at about the same time.
+    daemon.signal_term();
+    drop(proxy);
+    let log = daemon.log();
+    let status = daemon.stop()?;
+    assert!(status.success());
+    assert_eq!(
+        lab.pinned_readiness()?,
+        (false, false),
+        "marked not ready before exiting:\n{log}"
+    );
+    assert_eq!(
+        lab.connect(sa(BACKEND4, SERVICE_PORT))?.ask("after")?,
+        ip(CLIENT4),
+        "fail-open"
+    );
+    Ok(())
+}
