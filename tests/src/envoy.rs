@@ -72,6 +72,8 @@ impl Envoy {
         cmd.arg("-c")
             .arg(&config)
             .args(["--log-level", "warn", "--disable-hot-restart"])
+            // Access log lines reach the file within 200ms instead of Envoy's default 10s.
+            .args(["--file-flush-interval-msec", "200"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -124,6 +124,8 @@ pub struct Lab {
     pub options: LabOptions,
     /// The dataplane handle (the "daemon" of this test).
     pub dataplane: Option<Dataplane>,
+    /// Backend pods added with [`Lab::add_backend_pod`].
+    pub extra_backends: Vec<Netns>,
     cgroups: CgroupTree,
     _backend: Backend,
 }
@@ -176,6 +178,7 @@ impl Lab {
             settings,
             options,
             dataplane: None,
+            extra_backends: Vec::new(),
             cgroups,
             _backend: backend,
         };
@@ -251,6 +254,16 @@ impl Lab {
     /// traffic routed through the node (prerouting) and for the node's own connections, such as
     /// the proxy's upstream ones (output). The rules go away with the namespace.
     pub fn emulate_cluster_ip(&self, cluster_ip: SocketAddr, endpoint: SocketAddr) -> Result<()> {
+        self.emulate_balanced_cluster_ip(cluster_ip, &[endpoint.ip()], endpoint.port())
+    }
+
+    /// [`Lab::emulate_cluster_ip`] with several endpoints on the same port, taken in turn.
+    pub fn emulate_balanced_cluster_ip(
+        &self,
+        cluster_ip: SocketAddr,
+        endpoints: &[IpAddr],
+        port: u16,
+    ) -> Result<()> {
         let nft = |args: &[&str]| {
             let mut all = vec!["netns", "exec", self.node_ns.name(), "nft"];
             all.extend_from_slice(args);
@@ -268,14 +281,63 @@ impl Lab {
         nft(&["add", "table", "ip", "l7r"])?;
         nft(&["add chain ip l7r pre { type nat hook prerouting priority -100 ; }"])?;
         nft(&["add chain ip l7r out { type nat hook output priority -100 ; }"])?;
+        let target = match endpoints {
+            [one] => format!("{one}:{port}"),
+            many => {
+                let map: Vec<String> = many
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ip)| format!("{i} : {ip}"))
+                    .collect();
+                format!(
+                    "numgen inc mod {} map {{ {} }}:{port}",
+                    many.len(),
+                    map.join(", ")
+                )
+            }
+        };
         for chain in ["pre", "out"] {
             nft(&[&format!(
-                "add rule ip l7r {chain} ip daddr {} tcp dport {} dnat to {endpoint}",
+                "add rule ip l7r {chain} ip daddr {} tcp dport {} dnat to {target}",
                 cluster_ip.ip(),
                 cluster_ip.port()
             )])?;
         }
         Ok(())
+    }
+
+    /// Adds another backend pod: a namespace wired to the node like the first backend, with
+    /// the addresses `10.77.<3 + n>.2` (node side `.1`), where `n` counts earlier extra pods.
+    /// Returns the pod's namespace and address.
+    pub fn add_backend_pod(&mut self) -> Result<(&Netns, IpAddr)> {
+        let n = self.extra_backends.len();
+        let subnet = 3 + n;
+        let ns = Netns::new(&format!("backend{}", n + 2))?;
+        let node_dev = format!("vbackend{}", n + 2);
+        crate::sys::ip(&[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node_dev,
+            "netns",
+            self.node_ns.name(),
+        ])?;
+        let (pod, node) = (format!("10.77.{subnet}.2"), format!("10.77.{subnet}.1"));
+        ns.ip(&["addr", "add", &format!("{pod}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &node])?;
+        self.node_ns
+            .ip(&["addr", "add", &format!("{node}/24"), "dev", &node_dev])?;
+        self.node_ns.ip(&["link", "set", &node_dev, "up"])?;
+        self.extra_backends.push(ns);
+        let ns = self.extra_backends.last().context("just pushed")?;
+        Ok((ns, pod.parse()?))
     }
 
     /// The dataplane handle.

@@ -36,6 +36,11 @@ impl ServiceSpec {
 
     /// The Service and its EndpointSlice as a two-document YAML stream.
     pub fn yaml(&self) -> String {
+        self.yaml_with_endpoints(&[])
+    }
+
+    /// [`ServiceSpec::yaml`] with more ready endpoint addresses (same port) in the slice.
+    pub fn yaml_with_endpoints(&self, more: &[&str]) -> String {
         let Self {
             namespace,
             name,
@@ -45,6 +50,10 @@ impl ServiceSpec {
             endpoint_port,
             annotation,
         } = self;
+        let addresses = std::iter::once(endpoint_ip.as_str())
+            .chain(more.iter().copied())
+            .collect::<Vec<_>>()
+            .join(", ");
         let annotations = match annotation {
             Some(v) => format!("\n  annotations:\n    projectcalico.org/l7-logging: \"{v}\""),
             None => String::new(),
@@ -67,7 +76,7 @@ metadata:
   namespace: {namespace}
   labels: {{kubernetes.io/service-name: {name}}}
 addressType: IPv4
-endpoints: [{{addresses: [{endpoint_ip}], conditions: {{ready: true}}}}]
+endpoints: [{{addresses: [{addresses}], conditions: {{ready: true}}}}]
 ports: [{{port: {endpoint_port}, protocol: TCP}}]
 "
         )

@@ -2,6 +2,7 @@
 //! every machine that has cargo (see `.cargo/config.toml` for the alias).
 
 mod build_ebpf;
+mod demo;
 mod setup;
 mod test;
 mod util;
@@ -34,6 +35,9 @@ enum Command {
     },
     /// Run everything CI runs: setup if needed, eBPF build, fmt, clippy, unit and privileged tests.
     Test,
+    /// Show the main job on this machine: a small lab where annotating a Service sends its new
+    /// connections through the real Envoy, step by step (root; cleans up on exit or Ctrl-C).
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::BuildEbpf { release } => build_ebpf::build_ebpf(release).map(|_| ()),
         Command::Test => test::run(),
+        Command::Demo => demo::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,370 @@
+//! `cargo xtask demo`: the user guide's workflow on this machine, step by step, with the real
+//! Envoy and the real daemon. It builds a small lab (network namespaces for a client pod, a
+//! node and two backend pods; a ClusterIP emulated with an nftables DNAT, as kube-proxy would),
+//! shows what annotating a Service changes, and removes everything on exit or Ctrl-C.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use redirector_tests::{
+    client::connect_stream,
+    daemon::{Daemon, eventually},
+    envoy::{Envoy, UPSTREAM_MARK},
+    http::{HttpBackend, HttpConn, Response},
+    lab::{BACKEND4, CLIENT4, Lab, LabOptions, NODE4, PROXY_PORT, sa},
+    manifests::{ServiceSpec, ServicesFile},
+    process::spawn_in,
+};
+
+#[derive(Parser)]
+#[command(about = "The redirector demo (run it with `sudo cargo xtask demo`)")]
+struct Args {
+    /// The `redirector` binary to run as the daemon.
+    #[arg(long)]
+    redirector: PathBuf,
+    /// The Envoy binary (sets REDIRECTOR_ENVOY for the fixture).
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+}
+
+const CLUSTER_IP: &str = "10.96.0.10";
+const POD_PORT: u16 = 8000;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C and SIGTERM set a flag; the demo stops at the next step and its guards clean up.
+fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn step(n: usize, title: &str) -> Result<()> {
+    check_interrupted()?;
+    println!("\n\x1b[1m[{n}/8] {title}\x1b[0m");
+    Ok(())
+}
+
+fn say(text: &str) {
+    for line in text.lines() {
+        println!("      {line}");
+    }
+}
+
+fn show(label: &str, text: &str) {
+    println!("      {label}");
+    for line in text.lines() {
+        println!("        | {line}");
+    }
+}
+
+fn main() {
+    install_signal_handlers();
+    let args = Args::parse();
+    if let Some(envoy) = &args.envoy {
+        // SAFETY: single-threaded at this point; the fixture reads it later.
+        unsafe { std::env::set_var("REDIRECTOR_ENVOY", envoy) };
+    }
+    let started = Instant::now();
+    let result = run(&args);
+    // Everything the demo made is gone by now: the guards dropped at the end of `run`.
+    match result {
+        Ok(()) => {
+            println!(
+                "\n\x1b[1mDone in {:.0?}.\x1b[0m Everything the demo made has been removed.",
+                started.elapsed()
+            );
+            read_next();
+        }
+        Err(e) => {
+            eprintln!("\ndemo stopped: {e:#}\nEverything the demo made has been removed.");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn read_next() {
+    println!(
+        "\nWhat to read next:
+  - README.md: what the redirector is, and `redirector status` / `redirector detach`;
+  - deploy/README.md and `kubectl apply -k deploy/`: running it on a cluster;
+  - the design and its promises: DESIGN.md in the shared project folder;
+  - inside a running node: `bpftool map dump pinned /sys/fs/bpf/l7-redirector/services`."
+    );
+}
+
+/// The demo's world; fields drop in order: daemon, Envoy, files, backends, lab.
+struct World {
+    daemon: Daemon,
+    envoy: Envoy,
+    file: ServicesFile,
+    _backends: HttpBackend,
+    _backend2: HttpBackend,
+    lab: Lab,
+}
+
+fn spec(annotation: Option<&str>) -> ServiceSpec {
+    ServiceSpec {
+        namespace: "shop".into(),
+        name: "web".into(),
+        cluster_ip: CLUSTER_IP.into(),
+        port: 80,
+        endpoint_ip: BACKEND4.into(),
+        endpoint_port: POD_PORT,
+        annotation: annotation.map(str::to_string),
+    }
+}
+
+fn cluster() -> SocketAddr {
+    sa(CLUSTER_IP, 80)
+}
+
+impl World {
+    fn curl_head(&self) -> Result<String> {
+        check_interrupted()?;
+        let mut cmd = Command::new("curl");
+        cmd.args(["--head", "--silent", "--show-error", "--max-time", "5"])
+            .arg(format!("http://{CLUSTER_IP}/"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = spawn_in(cmd, &self.lab.client_ns, Some(&self.lab.client_cgroup))?
+            .wait_with_output()?;
+        if !out.status.success() {
+            bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+    }
+
+    fn connect(&self) -> Result<HttpConn> {
+        let stream = connect_stream(&self.lab.client_ns, &self.lab.client_cgroup, cluster())?;
+        HttpConn::new(stream, "web.shop")
+    }
+
+    fn wait_selected(&self, selected: bool) -> Result<Duration> {
+        let t = Instant::now();
+        eventually(
+            "the daemon to update the map",
+            Duration::from_secs(10),
+            || {
+                check_interrupted()?;
+                Ok(
+                    (self.lab.pinned_destinations()?.contains(&cluster()) == selected)
+                        .then_some(()),
+                )
+            },
+        )
+        .with_context(|| self.daemon.log())?;
+        Ok(t.elapsed())
+    }
+
+    fn status(&self, redirector: &PathBuf) -> Result<String> {
+        let out = Command::new(redirector)
+            .args(["status", "--pin-dir", &self.lab.pin_dir.to_string_lossy()])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn verdict(r: &Response) -> String {
+    match r.header("server") {
+        Some("envoy") => "server: envoy -> it went through the node's Envoy".into(),
+        Some(other) => format!("server: {other} -> it went straight to the pod"),
+        None => "no server header".into(),
+    }
+}
+
+fn server_line(head: &str) -> &str {
+    head.lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("server:"))
+        .unwrap_or("(no server header)")
+}
+
+fn run(args: &Args) -> Result<()> {
+    println!(
+        "\x1b[1mL7 redirector demo\x1b[0m: annotate a Service with \
+         projectcalico.org/l7-logging=true and its new connections go through the node's\n\
+         Envoy, which logs every request; existing connections are left alone."
+    );
+
+    step(1, "Building a lab on this machine")?;
+    // Envoy's upstream connections are kept out of steering by the SO_MARK its bootstrap sets,
+    // exactly as in deploy/.
+    let mut lab = Lab::with(LabOptions {
+        exclude_proxy_cgroup: false,
+        ..LabOptions::for_daemon()
+    })?;
+    let (backend2_ns, backend2_ip) = lab.add_backend_pod()?;
+    let backend2 = HttpBackend::start(backend2_ns, &[SocketAddr::new(backend2_ip, POD_PORT)])?;
+    let backends = HttpBackend::start(&lab.backend_ns, &[sa(BACKEND4, POD_PORT)])?;
+    let pods: [IpAddr; 2] = [BACKEND4.parse()?, backend2_ip];
+    lab.emulate_balanced_cluster_ip(cluster(), &pods, POD_PORT)?;
+    say(&format!(
+        "network namespaces: a client pod ({CLIENT4}), the node ({NODE4}), two backend pods \
+         ({BACKEND4}, {backend2_ip})\n\
+         Service shop/web: ClusterIP {CLUSTER_IP}:80 -> pods :{POD_PORT}, by an nftables DNAT on \
+         the node, as kube-proxy does\n\
+         the eBPF programs attach to the lab's own cgroup, {}",
+        lab.cgroup_root().display()
+    ));
+
+    step(2, "Starting Envoy and the redirector daemon on the node")?;
+    let envoy = Envoy::start(&lab.node_ns, &lab.proxy_cgroup)?;
+    let second_pod = backend2_ip.to_string();
+    let manifests = |annotation| spec(annotation).yaml_with_endpoints(&[&second_pod]);
+    let file = ServicesFile::new(&manifests(None))?;
+    let daemon_args = [
+        "--services-file",
+        file.arg(),
+        "--exclude-mark",
+        UPSTREAM_MARK,
+    ];
+    let daemon = Daemon::start(&args.redirector.to_string_lossy(), &lab, &daemon_args)?;
+    let world = World {
+        daemon,
+        envoy,
+        file,
+        _backends: backends,
+        _backend2: backend2,
+        lab,
+    };
+    eventually(
+        "the proxy to be marked ready",
+        Duration::from_secs(15),
+        || {
+            check_interrupted()?;
+            Ok(world
+                .lab
+                .pinned_readiness()
+                .map(|r| r.0)
+                .unwrap_or(false)
+                .then_some(()))
+        },
+    )
+    .with_context(|| world.daemon.log())?;
+    say(&format!(
+        "Envoy listens on {NODE4}:{PROXY_PORT} (deploy/envoy.yaml), access log {}\n\
+         redirector run --services-file {} --proxy {NODE4}:{PROXY_PORT} --exclude-mark {UPSTREAM_MARK} ...\n\
+         (in a cluster the daemon watches the API instead of a file)",
+        world.envoy.access_log.display(),
+        world.file.arg()
+    ));
+
+    step(
+        3,
+        "Before annotation: curl --head http://10.96.0.10/ from the client pod",
+    )?;
+    let head = world.curl_head()?;
+    show("curl says:", &head);
+    say(&format!(
+        "{} -- no Envoy: the Service is not selected.",
+        server_line(&head)
+    ));
+    let mut early = world.connect()?;
+    let r = early.request("GET", "/early")?;
+    say(&format!(
+        "Opened a keep-alive connection now, before annotating: {}",
+        verdict(&r)
+    ));
+
+    step(
+        4,
+        "kubectl annotate svc web -n shop projectcalico.org/l7-logging=true",
+    )?;
+    world.file.write(&manifests(Some("true")))?;
+    let took = world.wait_selected(true)?;
+    say(&format!(
+        "(here: the annotation written into the services file the daemon follows)\n\
+         The daemon put the Service's addresses in the kernel map within {took:.0?}:"
+    ));
+    show("redirector status:", &world.status(&args.redirector)?);
+
+    step(5, "After annotation: curl --head http://10.96.0.10/ again")?;
+    let head = world.curl_head()?;
+    show("curl says:", &head);
+    say(&format!(
+        "{} -- the new connection went through Envoy, as the user guide promises.",
+        server_line(&head)
+    ));
+    for path in ["/cart", "/cart", "/checkout"] {
+        let r = world.connect()?.request("GET", path)?;
+        say(&format!("GET {path}: {} ({})", r.status, verdict(&r)));
+    }
+
+    step(6, "The connection opened before annotation is left alone")?;
+    let r = early.request("GET", "/early-again")?;
+    say(&format!("GET /early-again on it: {}", verdict(&r)));
+    say("It was connected before the Service was selected, so it is neither proxied nor cut.");
+
+    step(7, "Envoy's access log: one JSON line per request")?;
+    let lines = eventually("Envoy's access log", Duration::from_secs(10), || {
+        check_interrupted()?;
+        let lines = world.envoy.access_log()?;
+        Ok((lines.len() >= 4).then_some(lines))
+    })?;
+    for l in &lines {
+        say(&format!(
+            "{} {} -> {} from {} to {} (original destination), {} ms",
+            l["method"].as_str().unwrap_or("-"),
+            l["path"].as_str().unwrap_or("-"),
+            l["response_code"],
+            l["downstream_remote_address"].as_str().unwrap_or("-"),
+            l["downstream_local_address"].as_str().unwrap_or("-"),
+            l["duration"]
+        ));
+    }
+    if let Some(first) = lines.first() {
+        show("a full line:", &serde_json::to_string_pretty(first)?);
+    }
+
+    step(
+        8,
+        "kubectl annotate svc web -n shop projectcalico.org/l7-logging-  (deselect)",
+    )?;
+    let mut selected_conn = world.connect()?;
+    let r = selected_conn.request("GET", "/while-selected")?;
+    say(&format!(
+        "Opened a keep-alive connection while selected: {}",
+        verdict(&r)
+    ));
+    world.file.write(&manifests(None))?;
+    let took = world.wait_selected(false)?;
+    say(&format!(
+        "The daemon removed the Service from the map within {took:.0?}."
+    ));
+    let head = world.curl_head()?;
+    say(&format!(
+        "curl --head: {} -- new connections go direct again.",
+        server_line(&head)
+    ));
+    let r = selected_conn.request("GET", "/after-deselect")?;
+    say(&format!(
+        "The connection opened while selected: {} -- it stays proxied until it closes.",
+        verdict(&r)
+    ));
+
+    check_interrupted()?;
+    println!(
+        "\nCleaning up: stopping the daemon and Envoy, detaching the programs, removing the lab."
+    );
+    drop(world);
+    Ok(())
+}
