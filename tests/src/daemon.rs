@@ -64,6 +64,21 @@ impl Daemon {
         self.terminate()
     }
 
+    /// Waits (at most `limit`) for the process to exit on its own, without signalling it.
+    pub fn wait_exit(mut self, limit: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "the daemon did not exit within {limit:?}. Log:\n{}",
+            self.log()
+        )
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         // SAFETY: signalling the child we started, by its PID.

@@ -25,8 +25,7 @@ use aya::{
     util::KernelVersion,
 };
 use redirector_common::{
-    Config, Counters, Endpoint, ORIG_DST_CAPACITY, ServiceKey, ServiceName, ServiceValue,
-    map_names, program_names,
+    Config, Counters, Endpoint, ServiceKey, ServiceName, ServiceValue, map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
@@ -312,7 +311,9 @@ impl Dataplane {
                 .program(name)
                 .ok_or_else(|| prog_err(name)(ProgramError::NotLoaded))?;
             let prog_fd = program.fd().map_err(prog_err(name))?;
-            let link = link::link_create(prog_fd.as_fd(), cgroup_dir.as_fd(), attach_type(name))
+            let attach = attach_type(name)
+                .ok_or_else(|| prog_err(name)(ProgramError::UnexpectedProgramType))?;
+            let link = link::link_create(prog_fd.as_fd(), cgroup_dir.as_fd(), attach)
                 .map_err(|e| prog_err(name)(ProgramError::IOError(e)))?;
             replace_pinned_link(&links_dir, name, &link)?;
         }
@@ -408,11 +409,6 @@ impl Dataplane {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(map_err(map_names::ORIG_DST))
-    }
-
-    /// Capacity of the `orig_dst` LRU.
-    pub const fn orig_dst_capacity() -> u32 {
-        ORIG_DST_CAPACITY
     }
 }
 
@@ -533,7 +529,7 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
 /// reuse them blindly and the programs would read garbage.
 fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
     use std::mem::size_of;
-    let expected: [(&str, u32, u32); 5] = [
+    let expected: [(&'static str, u32, u32); 5] = [
         (
             map_names::SERVICES,
             size_of::<ServiceKey>() as u32,
@@ -553,7 +549,7 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
         if !path.exists() {
             continue;
         }
-        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(leak_name(name)))?;
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
         for (what, found, want) in [
             ("key size", info.key_size(), key_size),
             ("value size", info.value_size(), value_size),
@@ -569,15 +565,6 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Map names are `'static` constants; this maps a borrowed one back to its constant.
-fn leak_name(name: &str) -> &'static str {
-    map_names::ALL
-        .iter()
-        .copied()
-        .find(|n| *n == name)
-        .unwrap_or("(unknown)")
 }
 
 /// Pins `link` at `links_dir/name`, replacing (and so releasing) a link pinned there before.
@@ -605,15 +592,16 @@ fn replace_pinned_link(links_dir: &Path, name: &str, link: &OwnedFd) -> Result<(
 }
 
 /// The kernel attach point of each program.
-fn attach_type(program: &str) -> u32 {
-    match program {
+fn attach_type(program: &str) -> Option<u32> {
+    Some(match program {
         program_names::CONNECT4 => link::BPF_CGROUP_INET4_CONNECT,
         program_names::CONNECT6 => link::BPF_CGROUP_INET6_CONNECT,
         program_names::SOCKOPS => link::BPF_CGROUP_SOCK_OPS,
         program_names::GETSOCKOPT => link::BPF_CGROUP_GETSOCKOPT,
         program_names::GETPEERNAME4 => link::BPF_CGROUP_INET4_GETPEERNAME,
-        _ => link::BPF_CGROUP_INET6_GETPEERNAME,
-    }
+        program_names::GETPEERNAME6 => link::BPF_CGROUP_INET6_GETPEERNAME,
+        _ => return None,
+    })
 }
 
 /// Warns when the pinned `services` map is smaller than asked for: an existing pin keeps its
