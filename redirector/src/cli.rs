@@ -1,4 +1,4 @@
-//! The command line: `redirector run | status | detach`. The flags are a contract (see
+//! The command line: `redirector run | status | detach | collect`. The flags are a contract (see
 //! DESIGN.md): users, scripts and tests rely on them exactly.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -9,6 +9,7 @@ use redirector_common::DEFAULT_SERVICES_CAPACITY;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
+    collector::{self, CollectArgs},
     daemon::{self, RunOptions, Source},
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
     proxy_config::parse_mark,
@@ -27,6 +28,15 @@ pub fn run() -> Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(daemon::run(args.options()))
+        }
+        Command::Collect(args) => {
+            init_logging(args.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(collector::run(*args))
         }
         Command::Status { pin_dir, json } => {
             init_logging(LogFormat::Text);
@@ -104,6 +114,10 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
         pin_dir: PathBuf,
     },
+    /// Follow Envoy's access log and write aggregated L7 records (JSON lines), configured
+    /// like the reference product's log collection (logIntervalSeconds,
+    /// logRequestsPerInterval).
+    Collect(Box<CollectArgs>),
 }
 
 /// Log line format.

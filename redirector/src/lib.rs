@@ -13,9 +13,11 @@
 //! - [`health`]: proxy readiness checks (fail-open when the proxy is down).
 //! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
 //! - [`status`]: the `redirector status` report.
+//! - [`collector`]: `redirector collect`, Envoy's access log aggregated into L7 records.
 
 pub mod cgroup;
 pub mod cli;
+pub mod collector;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;

@@ -1,10 +1,17 @@
 //! The Services and EndpointSlices the daemon currently knows, fed by a source. A kind counts
 //! as synced once a complete list of it has arrived; nothing is reconciled before both are, so
 //! a starting daemon never flushes what an earlier run pinned.
+//!
+//! Pods are known only to the collector (`redirector collect`), which names the sources and
+//! destinations of requests after them; the daemon's sources never send Pod changes, so for
+//! the daemon the Pod part stays empty and [`ObjectStore::synced`] ignores it.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 
 /// A change reported by a source; the file and Kubernetes sources produce the same stream.
 #[derive(Clone, Debug)]
@@ -21,6 +28,12 @@ pub enum Change {
     SliceApplied(EndpointSlice),
     /// An EndpointSlice was deleted.
     SliceDeleted(EndpointSlice),
+    /// The complete current set of Pods (collector only).
+    PodsReset(Vec<Pod>),
+    /// A Pod was added or modified (collector only).
+    PodApplied(Pod),
+    /// A Pod was deleted (collector only).
+    PodDeleted(Pod),
 }
 
 type Key = (String, String);
@@ -37,8 +50,10 @@ fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key
 pub struct ObjectStore {
     services: BTreeMap<Key, Service>,
     slices: BTreeMap<Key, EndpointSlice>,
+    pods: BTreeMap<Key, Pod>,
     services_synced: bool,
     slices_synced: bool,
+    pods_synced: bool,
 }
 
 impl ObjectStore {
@@ -65,12 +80,28 @@ impl ObjectStore {
             Change::SliceDeleted(s) => {
                 self.slices.remove(&key(&s.metadata));
             }
+            Change::PodsReset(all) => {
+                self.pods = all.into_iter().map(|p| (key(&p.metadata), p)).collect();
+                self.pods_synced = true;
+            }
+            Change::PodApplied(p) => {
+                self.pods.insert(key(&p.metadata), p);
+            }
+            Change::PodDeleted(p) => {
+                self.pods.remove(&key(&p.metadata));
+            }
         }
     }
 
-    /// Whether a complete list of both kinds has arrived.
+    /// Whether a complete list of both kinds has arrived (Services and EndpointSlices: Pods
+    /// are not the daemon's concern, see [`ObjectStore::pods_synced`]).
     pub fn synced(&self) -> bool {
         self.services_synced && self.slices_synced
+    }
+
+    /// Whether a complete list of Pods has arrived (only the collector's sources send them).
+    pub fn pods_synced(&self) -> bool {
+        self.pods_synced
     }
 
     /// The Services.
@@ -81,6 +112,16 @@ impl ObjectStore {
     /// The EndpointSlices.
     pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
         self.slices.values()
+    }
+
+    /// The Pods (empty unless the source was started with Pods).
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.values()
+    }
+
+    /// A Pod by namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods.get(&(namespace.to_string(), name.to_string()))
     }
 
     /// A Service by namespace and name.
@@ -115,6 +156,26 @@ mod tests {
             "a reset replaces what was there"
         );
         assert!(store.service("a", "y").is_some());
+    }
+
+    #[test]
+    fn pods_are_kept_apart_and_do_not_affect_sync() {
+        let mut store = ObjectStore::default();
+        let mut pod = Pod::default();
+        pod.metadata.namespace = Some("a".into());
+        pod.metadata.name = Some("p".into());
+        store.apply(Change::PodApplied(pod.clone()));
+        store.apply(Change::ServicesReset(vec![]));
+        store.apply(Change::SlicesReset(vec![]));
+        assert!(store.synced(), "Pods never hold the daemon back");
+        assert!(!store.pods_synced());
+        assert!(store.pod("a", "p").is_some());
+        store.apply(Change::PodsReset(vec![]));
+        assert!(store.pods_synced());
+        assert_eq!(store.pods().count(), 0, "a reset replaces what was there");
+        store.apply(Change::PodApplied(pod.clone()));
+        store.apply(Change::PodDeleted(pod));
+        assert_eq!(store.pods().count(), 0);
     }
 
     #[test]

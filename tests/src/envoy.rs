@@ -71,7 +71,7 @@ impl Envoy {
         let mut cmd = Command::new(binary()?);
         cmd.arg("-c")
             .arg(&config)
-            .args(["--log-level", "warn", "--disable-hot-restart"])
+            .args(["--log-level", "error", "--disable-hot-restart"])
             // Access log lines reach the file within 200ms instead of Envoy's default 10s.
             .args(["--file-flush-interval-msec", "200"])
             .stdin(Stdio::null())

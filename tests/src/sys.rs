@@ -18,13 +18,14 @@ pub fn require_root() {
     );
 }
 
-/// A short name unique to this process and call, for namespaces, cgroups, pins and links
-/// (interface names allow only 15 bytes).
+/// A short name unique to this process and call, for namespaces, cgroups, pins and files.
+/// The separator matters: without it process 31's call 0 and process 3's call 10 would both
+/// be "310", and two test processes would share (and tear down) each other's pins.
 pub fn unique_id() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
-        "{}{}",
-        std::process::id() % 100_000,
+        "{}-{}",
+        std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }

@@ -3,7 +3,9 @@
 //! the pieces are wired to each other and to the daemon: the redirector's arguments parse with
 //! the daemon's real command line and agree with the Envoy bootstrap (proxy port, SO_MARK),
 //! RBAC grants exactly the calls the daemon makes, the ConfigMap generated from `envoy.yaml`
-//! is where Envoy reads it, and the real Envoy accepts the bootstrap. No root needed.
+//! is where Envoy reads it, the real Envoy accepts the bootstrap, and the collector's
+//! arguments parse with the real command line and read the access log Envoy writes, from the
+//! volume they share. No root needed.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,13 +21,14 @@ use clap::Parser as _;
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{Container, Namespace, PodSpec, ServiceAccount},
+        core::v1::{Container, Namespace, PodSpec, ServiceAccount, VolumeMount},
         rbac::v1::{ClusterRole, ClusterRoleBinding},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use redirector::{
     cli::{Cli, Command as CliCommand, RunArgs},
+    collector::{CollectArgs, config::CollectLogs},
     daemon::Source,
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -311,11 +314,9 @@ fn collect_objects<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-/// The redirector container's arguments as the kubelet would pass them, `$(VAR)` expanded
-/// from the container's env (every reference must be defined there), parsed by the daemon's
-/// own command line.
-fn redirector_args(manifests: &Manifests) -> Result<RunArgs> {
-    let container = manifests.container("redirector")?;
+/// A container's arguments as the kubelet would pass them, after the program name,
+/// `$(VAR)` expanded from the container's env (every reference must be defined there).
+fn kubelet_argv(container: &Container) -> Result<Vec<String>> {
     let env: BTreeSet<&str> = container
         .env
         .iter()
@@ -339,6 +340,13 @@ fn redirector_args(manifests: &Manifests) -> Result<RunArgs> {
         }
         argv.push(arg.replace("$(NODE_IP)", &NODE_IP.to_string()));
     }
+    Ok(argv)
+}
+
+/// The redirector container's arguments as the kubelet would pass them, parsed by the
+/// daemon's own command line.
+fn redirector_args(manifests: &Manifests) -> Result<RunArgs> {
+    let argv = kubelet_argv(manifests.container("redirector")?)?;
     let cli = Cli::try_parse_from(&argv).map_err(|e| {
         anyhow::anyhow!(
             "the redirector container's args do not parse with `redirector`'s command line: \
@@ -349,6 +357,31 @@ fn redirector_args(manifests: &Manifests) -> Result<RunArgs> {
         bail!("the redirector container must run `redirector run`, got {argv:?}");
     };
     Ok(*args)
+}
+
+/// The collector container's arguments, parsed by the same command line.
+fn collector_args(manifests: &Manifests) -> Result<CollectArgs> {
+    let argv = kubelet_argv(manifests.container("collector")?)?;
+    let cli = Cli::try_parse_from(&argv).map_err(|e| {
+        anyhow::anyhow!(
+            "the collector container's args do not parse with `redirector`'s command line: \
+             {argv:?}\n{e}"
+        )
+    })?;
+    let CliCommand::Collect(args) = cli.command else {
+        bail!("the collector container must run `redirector collect`, got {argv:?}");
+    };
+    Ok(*args)
+}
+
+/// The mount of `container` that holds `path` (the deepest one).
+fn mount_holding<'a>(container: &'a Container, path: &Path) -> Option<&'a VolumeMount> {
+    container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| path.starts_with(&m.mount_path))
+        .max_by_key(|m| m.mount_path.len())
 }
 
 #[test]
@@ -635,6 +668,103 @@ fn redirector_args_parse_with_the_real_cli_and_agree_with_envoy() -> Result<()> 
 }
 
 #[test]
+fn collector_args_parse_with_the_real_cli_and_read_envoys_access_log() -> Result<()> {
+    let manifests = Manifests::load()?;
+    let args = collector_args(&manifests)?;
+
+    // It reads exactly the file both of Envoy's access loggers write.
+    let bootstrap = EnvoyBootstrap::load()?;
+    for (path, _) in bootstrap.access_logs() {
+        ensure!(
+            Path::new(&path) == args.access_log,
+            "the collector reads {}, but Envoy logs to {path}",
+            args.access_log.display()
+        );
+    }
+
+    // ...through a volume the envoy container writes and the collector only reads.
+    let collector = manifests.container("collector")?;
+    let envoy = manifests.container("envoy")?;
+    let read = mount_holding(collector, &args.access_log).with_context(|| {
+        format!(
+            "{} is on no volume of the collector container",
+            args.access_log.display()
+        )
+    })?;
+    let written = mount_holding(envoy, &args.access_log).with_context(|| {
+        format!(
+            "{} is on no volume of the envoy container",
+            args.access_log.display()
+        )
+    })?;
+    ensure!(
+        read.name == written.name,
+        "the collector reads the access log from volume {}, Envoy writes it to volume {}",
+        read.name,
+        written.name
+    );
+    ensure!(
+        read.mount_path == written.mount_path && read.sub_path == written.sub_path,
+        "the shared volume must be mounted at the same place in both containers ({} vs {})",
+        read.mount_path,
+        written.mount_path
+    );
+    ensure!(
+        read.read_only == Some(true),
+        "the collector must mount {} read-only: it never writes the log",
+        read.name
+    );
+    ensure!(
+        written.read_only != Some(true),
+        "Envoy must be able to write to {}",
+        written.name
+    );
+    let volume = manifests
+        .pod_spec()?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == read.name)
+        .with_context(|| format!("volume {} is not defined", read.name))?;
+    ensure!(
+        volume.empty_dir.is_some(),
+        "volume {} must be an emptyDir: the pod's own, shared by its containers",
+        read.name
+    );
+
+    // The settings are valid, collection is on, records go to the container's stdout, and
+    // names come from the in-cluster API.
+    let settings = args
+        .log_collection()
+        .map_err(|e| anyhow::anyhow!("the collector's settings are invalid: {e:#}"))?;
+    ensure!(
+        settings.collect_logs == CollectLogs::Enabled,
+        "the collector is deployed with collectLogs: Disabled"
+    );
+    ensure!(
+        args.output.is_none(),
+        "the collector must write its records to stdout (the container log), not a file"
+    );
+    ensure!(
+        matches!(args.source(), Source::Kube(None)),
+        "the collector must use the in-cluster API (no --services-file or --kubeconfig)"
+    );
+    let node_name = collector
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_NAME")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    ensure!(
+        node_name == Some("spec.nodeName"),
+        "the collector needs NODE_NAME from spec.nodeName (the records' host), got {node_name:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn rbac_grants_exactly_what_the_daemon_calls() -> Result<()> {
     let manifests = Manifests::load()?;
     let role = &manifests.cluster_role;
@@ -660,8 +790,10 @@ fn rbac_grants_exactly_what_the_daemon_calls() -> Result<()> {
         )
     };
     let expected = BTreeSet::from([
-        // Watchers on Services and EndpointSlices in all namespaces.
+        // Watchers on Services and EndpointSlices in all namespaces (daemon and collector).
         want("", "services", &["get", "list", "watch"]),
+        // The collector's Pod watcher, for naming request sources.
+        want("", "pods", &["get", "list", "watch"]),
         want(
             "discovery.k8s.io",
             "endpointslices",
@@ -762,6 +894,8 @@ fn daemonset_runs_on_the_host_network_without_privileged_containers() -> Result<
             "redirector" => BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"]),
             // SO_MARK on upstream sockets.
             "envoy" => BTreeSet::from(["NET_ADMIN"]),
+            // Reads a file and talks to the API: nothing.
+            "collector" => BTreeSet::new(),
             other => bail!("unexpected container {other}: decide its capabilities here"),
         };
         ensure!(

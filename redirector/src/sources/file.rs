@@ -1,6 +1,9 @@
 //! `--services-file`: Service and EndpointSlice manifests in a file, followed for changes. An
 //! edit takes effect within a second; a file that fails to parse is reported with the position
 //! of the error and the last good state stays in force.
+//!
+//! [`start`] is the daemon's (Services and EndpointSlices); [`start_with_pods`] is the
+//! collector's, which also sends the file's Pods.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -62,22 +65,39 @@ fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
 
 /// Reads and parses the file once.
 pub fn load(path: &Path) -> Result<Manifests, FileError> {
+    load_kinds(path, false)
+}
+
+/// Reads and parses the file once, Pods included.
+pub fn load_with_pods(path: &Path) -> Result<Manifests, FileError> {
+    load_kinds(path, true)
+}
+
+fn load_kinds(path: &Path, with_pods: bool) -> Result<Manifests, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    manifests::parse(&text).map_err(|source| FileError::Parse {
+    let parsed = if with_pods {
+        manifests::parse_with_pods(&text)
+    } else {
+        manifests::parse(&text)
+    };
+    parsed.map_err(|source| FileError::Parse {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn send_all(m: Manifests, tx: &mpsc::UnboundedSender<Change>) {
+fn send_all(m: Manifests, with_pods: bool, tx: &mpsc::UnboundedSender<Change>) {
     for ignored in &m.ignored {
         info!(object = %ignored, "ignoring an object that is neither a Service nor an EndpointSlice");
     }
     let _ = tx.send(Change::ServicesReset(m.services));
     let _ = tx.send(Change::SlicesReset(m.slices));
+    if with_pods {
+        let _ = tx.send(Change::PodsReset(m.pods));
+    }
 }
 
 /// Loads the file (an error here stops the daemon: there is no last good state yet), sends its
@@ -87,18 +107,37 @@ pub fn start(
     tx: mpsc::UnboundedSender<Change>,
     metrics: Arc<Metrics>,
 ) -> Result<tokio::task::JoinHandle<()>, FileError> {
+    start_kinds(path, false, tx, metrics)
+}
+
+/// [`start`], sending the file's Pods as well (for the collector).
+pub fn start_with_pods(
+    path: PathBuf,
+    tx: mpsc::UnboundedSender<Change>,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<()>, FileError> {
+    start_kinds(path, true, tx, metrics)
+}
+
+fn start_kinds(
+    path: PathBuf,
+    with_pods: bool,
+    tx: mpsc::UnboundedSender<Change>,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<()>, FileError> {
     let first = fingerprint(&path).map_err(|source| FileError::Read {
         path: path.clone(),
         source,
     })?;
-    let manifests = load(&path)?;
+    let manifests = load_kinds(&path, with_pods)?;
     metrics.source_event();
-    send_all(manifests, &tx);
-    Ok(tokio::spawn(follow(path, first, tx, metrics)))
+    send_all(manifests, with_pods, &tx);
+    Ok(tokio::spawn(follow(path, with_pods, first, tx, metrics)))
 }
 
 async fn follow(
     path: PathBuf,
+    with_pods: bool,
     mut last: Fingerprint,
     tx: mpsc::UnboundedSender<Change>,
     metrics: Arc<Metrics>,
@@ -127,11 +166,11 @@ async fn follow(
             continue;
         }
         last = now;
-        match load(&path) {
+        match load_kinds(&path, with_pods) {
             Ok(m) => {
                 info!(file = %path.display(), services = m.services.len(), slices = m.slices.len(), "services file reloaded");
                 metrics.source_event();
-                send_all(m, &tx);
+                send_all(m, with_pods, &tx);
             }
             Err(e) => {
                 warn!(error = %e, "keeping the last good state");

@@ -2,11 +2,18 @@
 //! EndpointSlices in all namespaces, with backoff. A watch that restarts (an API outage, an
 //! expired resourceVersion) relists; the relist is buffered and sent as one reset, so the maps
 //! are never flushed in between and the last known selection stays in force meanwhile.
+//!
+//! [`start`] is the daemon's two watchers. The collector adds a third one on Pods with
+//! [`start_pods`]; the daemon never watches Pods (it has no use for them, and RBAC need not
+//! let it).
 
 use std::{fmt::Debug, path::Path, sync::Arc};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Pod, PodSpec, PodStatus, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client, Config, Resource, ResourceExt as _,
     config::{KubeConfigOptions, Kubeconfig},
@@ -67,6 +74,53 @@ pub fn start(
             },
         )),
     ]
+}
+
+/// Starts a watcher on Pods in all namespaces (the collector's, for naming). Each Pod is
+/// slimmed to what naming uses before it is stored, since a node's collector holds every Pod
+/// of the cluster.
+pub fn start_pods(
+    client: Client,
+    tx: mpsc::UnboundedSender<Change>,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()> {
+    tokio::spawn(watch(
+        Api::<Pod>::all(client),
+        tx,
+        metrics,
+        Kinds {
+            reset: |pods| Change::PodsReset(pods.into_iter().map(slim_pod).collect()),
+            applied: |pod| Change::PodApplied(slim_pod(pod)),
+            deleted: |pod| Change::PodDeleted(slim_pod(pod)),
+        },
+    ))
+}
+
+/// The parts of a Pod that naming reads: namespace, name, owners, host networking, phase and
+/// addresses. Everything else (containers, volumes, conditions, managed fields) is dropped.
+pub fn slim_pod(pod: Pod) -> Pod {
+    let Pod {
+        metadata,
+        spec,
+        status,
+        ..
+    } = pod;
+    let mut slim = Pod::default();
+    slim.metadata.name = metadata.name;
+    slim.metadata.namespace = metadata.namespace;
+    slim.metadata.owner_references = metadata.owner_references;
+    slim.spec = spec.map(|s| PodSpec {
+        host_network: s.host_network,
+        node_name: s.node_name,
+        ..PodSpec::default()
+    });
+    slim.status = status.map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        ..PodStatus::default()
+    });
+    slim
 }
 
 /// How watcher events of one kind become [`Change`]s.
@@ -160,5 +214,44 @@ impl EventPublisher {
         {
             warn!(service = %service.name_any(), error = %e, "cannot publish an Event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slim_pods_keep_what_naming_reads() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-5f7c9-x2x7q", "namespace": "shop",
+                "labels": {"app": "web"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                     "name": "web-5f7c9", "uid": "u1", "controller": true}],
+                "managedFields": [{"manager": "kubelet"}]
+            },
+            "spec": {"hostNetwork": false, "nodeName": "n1",
+                     "containers": [{"name": "web", "image": "nginx"}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.5",
+                       "podIPs": [{"ip": "10.244.1.5"}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let slim = slim_pod(pod);
+        assert_eq!(slim.metadata.name.as_deref(), Some("web-5f7c9-x2x7q"));
+        assert_eq!(slim.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            slim.metadata.owner_references.as_ref().map(Vec::len),
+            Some(1)
+        );
+        assert!(slim.metadata.labels.is_none() && slim.metadata.managed_fields.is_none());
+        let spec = slim.spec.unwrap();
+        assert_eq!(spec.host_network, Some(false));
+        assert!(spec.containers.is_empty());
+        let status = slim.status.unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.5"));
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(status.conditions.is_none());
     }
 }

@@ -1,9 +1,17 @@
 //! Parsing a file of manifests: YAML or JSON, one object, a `List`, or a multi-document
 //! stream, as `kubectl get svc -A -o yaml` prints. Pure.
+//!
+//! [`parse`] (the daemon's) reads Services and EndpointSlices and ignores every other kind;
+//! [`parse_with_pods`] (the collector's) reads Pods too, for naming the sources and
+//! destinations of requests. The daemon keeps ignoring Pods, so a Pod it could not use can
+//! never make its file fail.
 
 use std::fmt;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::Deserialize as _;
 use serde_json::Value;
 
@@ -14,6 +22,8 @@ pub struct Manifests {
     pub services: Vec<Service>,
     /// The EndpointSlices.
     pub slices: Vec<EndpointSlice>,
+    /// The Pods (only from [`parse_with_pods`]; [`parse`] lists them in `ignored`).
+    pub pods: Vec<Pod>,
     /// Objects of other kinds, as `kind namespace/name`, ignored.
     pub ignored: Vec<String>,
 }
@@ -40,8 +50,17 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
-/// Parses `text`.
+/// Parses `text`: Services and EndpointSlices; Pods and other kinds are ignored.
 pub fn parse(text: &str) -> Result<Manifests, ManifestError> {
+    parse_kinds(text, false)
+}
+
+/// Parses `text`: Services, EndpointSlices and Pods.
+pub fn parse_with_pods(text: &str) -> Result<Manifests, ManifestError> {
+    parse_kinds(text, true)
+}
+
+fn parse_kinds(text: &str, with_pods: bool) -> Result<Manifests, ManifestError> {
     let mut out = Manifests::default();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
@@ -53,12 +72,17 @@ pub fn parse(text: &str) -> Result<Manifests, ManifestError> {
         if value.is_null() {
             continue; // an empty document, such as after a trailing `---`
         }
-        collect(value, number, &mut out)?;
+        collect(value, number, with_pods, &mut out)?;
     }
     Ok(out)
 }
 
-fn collect(value: Value, document: usize, out: &mut Manifests) -> Result<(), ManifestError> {
+fn collect(
+    value: Value,
+    document: usize,
+    with_pods: bool,
+    out: &mut Manifests,
+) -> Result<(), ManifestError> {
     let err = |message: String| ManifestError {
         document,
         position: None,
@@ -86,7 +110,7 @@ fn collect(value: Value, document: usize, out: &mut Manifests) -> Result<(), Man
                 return Err(err(format!("a {kind} without `items`")));
             };
             for item in items {
-                collect(item, document, out)?;
+                collect(item, document, with_pods, out)?;
             }
         }
         "Service" => {
@@ -100,6 +124,12 @@ fn collect(value: Value, document: usize, out: &mut Manifests) -> Result<(), Man
             let slice: EndpointSlice = serde_json::from_value(value)
                 .map_err(|e| err(format!("EndpointSlice {what}: {e}")))?;
             out.slices.push(slice);
+        }
+        "Pod" if with_pods => {
+            let what = name(&value);
+            let pod: Pod =
+                serde_json::from_value(value).map_err(|e| err(format!("Pod {what}: {e}")))?;
+            out.pods.push(pod);
         }
         other => out.ignored.push(format!("{other} {}", name(&value))),
     }
@@ -161,6 +191,47 @@ metadata: {name: other, namespace: shop}
         let e = parse(text).unwrap_err();
         assert!(e.message.contains("Service shop/web"), "{e}");
         assert!(parse("metadata: {name: x}\n").is_err(), "no kind");
+    }
+
+    const WITH_A_POD: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-5f7c9-x2x7q
+  namespace: shop
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-5f7c9, uid: u1, controller: true}]
+status: {podIP: 10.244.1.5, podIPs: [{ip: 10.244.1.5}]}
+";
+
+    #[test]
+    fn pods_are_read_only_when_asked_for() {
+        let daemon = parse(WITH_A_POD).unwrap();
+        assert_eq!(daemon.services.len(), 1);
+        assert!(daemon.pods.is_empty());
+        assert_eq!(daemon.ignored, ["Pod shop/web-5f7c9-x2x7q"]);
+
+        let collector = parse_with_pods(WITH_A_POD).unwrap();
+        assert_eq!(collector.services.len(), 1);
+        assert_eq!(collector.pods.len(), 1);
+        assert!(collector.ignored.is_empty());
+        let owner = &collector.pods[0]
+            .metadata
+            .owner_references
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(owner.name, "web-5f7c9");
+    }
+
+    #[test]
+    fn a_malformed_pod_never_fails_the_daemon() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: n}\nspec: 5\n";
+        assert!(parse(text).is_ok());
+        let e = parse_with_pods(text).unwrap_err();
+        assert!(e.message.contains("Pod n/p"), "{e}");
     }
 
     #[test]

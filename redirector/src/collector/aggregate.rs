@@ -1,0 +1,562 @@
+//! Requests aggregated into L7 records, one interval at a time. Pure: the caller says what was
+//! read when, and when an interval ends.
+//!
+//! Within an interval there is one record per distinct [`Key`] (source, destination, method,
+//! URL path, response code, user agent, protocol type); `host`, the node's name, is the same
+//! for everything one collector sees. A request belongs to the interval in which it was
+//! **read** (not Envoy's `start_time`): a collector that falls behind and catches up reports
+//! the requests late rather than rewriting intervals it already emitted.
+//!
+//! Each record carries, over its requests:
+//! - `count`, `bytes_in` (request bytes received from the client), `bytes_out` (response bytes
+//!   sent to it);
+//! - `duration_mean` and `duration_max`: Envoy's `duration` (first request byte to last
+//!   response byte), **in nanoseconds** as the reference product's L7 logs state (Envoy logs
+//!   whole milliseconds, so these are multiples of 1 000 000);
+//! - `latency`: the mean of `duration − upstream_service_time`, **in milliseconds** (rounded):
+//!   the time spent outside the upstream's own handling (in the proxy and on the network).
+//!   Requests without an upstream service time (no upstream answer, TCP connections) do not
+//!   enter the mean; with none at all it is 0.
+//!
+//! `logRequestsPerInterval` caps the number of distinct records in an interval: once that many
+//! keys are present, a request with a new key is added to a single extra record of
+//! `type: "unlogged"` (every other string field `-`, ports 0) instead, so its count, bytes and
+//! durations are still reported. Requests with a key already present keep adding to it.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// The `type` of the record that sums the requests past the cap.
+pub const UNLOGGED: &str = "unlogged";
+/// A value that is not known or does not apply.
+pub const NONE: &str = "-";
+
+/// What makes two requests one record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// `src_name_aggr`.
+    pub src_name_aggr: String,
+    /// `src_namespace`.
+    pub src_namespace: String,
+    /// `src_type`.
+    pub src_type: String,
+    /// `dest_name_aggr`.
+    pub dest_name_aggr: String,
+    /// `dest_namespace`.
+    pub dest_namespace: String,
+    /// `dest_type`.
+    pub dest_type: String,
+    /// `dest_service_name`.
+    pub dest_service_name: String,
+    /// `dest_service_namespace`.
+    pub dest_service_namespace: String,
+    /// `dest_service_port`, 0 when there is no Service.
+    pub dest_service_port: u16,
+    /// `dest_port_num`: the port the client connected to.
+    pub dest_port_num: u16,
+    /// `method`.
+    pub method: String,
+    /// `url`: the path, without query string.
+    pub url: String,
+    /// `response_code`.
+    pub response_code: String,
+    /// `user_agent`.
+    pub user_agent: String,
+    /// `type`: the protocol, such as `http/1.1`.
+    pub protocol_type: String,
+}
+
+/// What one request adds to its record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Measure {
+    /// Envoy's `duration`, in milliseconds.
+    pub duration_ms: u64,
+    /// `duration − upstream_service_time`, in milliseconds, when the upstream time is known.
+    pub latency_ms: Option<u64>,
+    /// Bytes received from the client.
+    pub bytes_in: u64,
+    /// Bytes sent to the client.
+    pub bytes_out: u64,
+}
+
+/// Sums over the requests of one record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Totals {
+    count: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_sum_ms: u64,
+    duration_max_ms: u64,
+    latency_sum_ms: u64,
+    latency_count: u64,
+}
+
+impl Totals {
+    fn add(&mut self, m: Measure) {
+        self.count += 1;
+        self.bytes_in = self.bytes_in.saturating_add(m.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(m.bytes_out);
+        self.duration_sum_ms = self.duration_sum_ms.saturating_add(m.duration_ms);
+        self.duration_max_ms = self.duration_max_ms.max(m.duration_ms);
+        if let Some(latency) = m.latency_ms {
+            self.latency_sum_ms = self.latency_sum_ms.saturating_add(latency);
+            self.latency_count += 1;
+        }
+    }
+}
+
+/// An interval's bounds, in Unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval {
+    /// When it began.
+    pub start: u64,
+    /// When it ended.
+    pub end: u64,
+}
+
+/// One L7 record, serialised as one JSON line with these field names, in this order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Record {
+    /// Start of the interval, Unix seconds.
+    pub start_time: u64,
+    /// End of the interval, Unix seconds.
+    pub end_time: u64,
+    /// Mean duration, nanoseconds.
+    pub duration_mean: u64,
+    /// Maximum duration, nanoseconds.
+    pub duration_max: u64,
+    /// Mean latency (duration − upstream service time), milliseconds.
+    pub latency: u64,
+    /// Request bytes from the clients.
+    pub bytes_in: u64,
+    /// Response bytes to the clients.
+    pub bytes_out: u64,
+    /// Number of requests.
+    pub count: u64,
+    /// Aggregated source name.
+    pub src_name_aggr: String,
+    /// Source namespace.
+    pub src_namespace: String,
+    /// Source endpoint type.
+    pub src_type: String,
+    /// Aggregated destination name.
+    pub dest_name_aggr: String,
+    /// Destination namespace.
+    pub dest_namespace: String,
+    /// Destination endpoint type.
+    pub dest_type: String,
+    /// The destination Service's name.
+    pub dest_service_name: String,
+    /// The destination Service's namespace.
+    pub dest_service_namespace: String,
+    /// The destination Service's port.
+    pub dest_service_port: u16,
+    /// The port the client connected to.
+    pub dest_port_num: u16,
+    /// HTTP method.
+    pub method: String,
+    /// User agent.
+    pub user_agent: String,
+    /// URL path.
+    pub url: String,
+    /// HTTP response code.
+    pub response_code: String,
+    /// Protocol (`http/1.1`, `http/2`, `tcp`), or `unlogged`.
+    #[serde(rename = "type")]
+    pub record_type: String,
+    /// The node that collected the record.
+    pub host: String,
+}
+
+/// The records of the current interval.
+#[derive(Debug)]
+pub struct Aggregator {
+    max_records: Option<usize>,
+    /// Records in the order their first request was read.
+    records: Vec<(Key, Totals)>,
+    index: HashMap<Key, usize>,
+    unlogged: Totals,
+}
+
+impl Aggregator {
+    /// An empty interval; `max_records` is the `logRequestsPerInterval` cap (`None`: no cap).
+    pub fn new(max_records: Option<usize>) -> Self {
+        Self {
+            max_records,
+            records: Vec::new(),
+            index: HashMap::new(),
+            unlogged: Totals::default(),
+        }
+    }
+
+    /// Adds one request read in this interval.
+    pub fn add(&mut self, key: Key, measure: Measure) {
+        if let Some(&i) = self.index.get(&key) {
+            self.records[i].1.add(measure);
+        } else if self
+            .max_records
+            .is_some_and(|max| self.records.len() >= max)
+        {
+            self.unlogged.add(measure);
+        } else {
+            let mut totals = Totals::default();
+            totals.add(measure);
+            self.index.insert(key.clone(), self.records.len());
+            self.records.push((key, totals));
+        }
+    }
+
+    /// Requests added since the last [`Aggregator::take`].
+    pub fn requests(&self) -> u64 {
+        self.records.iter().map(|(_, t)| t.count).sum::<u64>() + self.unlogged.count
+    }
+
+    /// Ends the interval: its records (the `unlogged` one last, if any), and an empty
+    /// aggregator for the next. An interval without requests has no records.
+    pub fn take(&mut self, interval: Interval, host: &str) -> Vec<Record> {
+        let records = std::mem::take(&mut self.records);
+        self.index.clear();
+        let unlogged = std::mem::take(&mut self.unlogged);
+        let mut out: Vec<Record> = records
+            .into_iter()
+            .map(|(key, totals)| record(key, totals, interval, host))
+            .collect();
+        if unlogged.count > 0 {
+            let key = Key {
+                src_name_aggr: NONE.into(),
+                src_namespace: NONE.into(),
+                src_type: NONE.into(),
+                dest_name_aggr: NONE.into(),
+                dest_namespace: NONE.into(),
+                dest_type: NONE.into(),
+                dest_service_name: NONE.into(),
+                dest_service_namespace: NONE.into(),
+                dest_service_port: 0,
+                dest_port_num: 0,
+                method: NONE.into(),
+                url: NONE.into(),
+                response_code: NONE.into(),
+                user_agent: NONE.into(),
+                protocol_type: UNLOGGED.into(),
+            };
+            out.push(record(key, unlogged, interval, host));
+        }
+        out
+    }
+}
+
+const NANOS_PER_MILLI: u128 = 1_000_000;
+
+fn record(key: Key, t: Totals, interval: Interval, host: &str) -> Record {
+    let count = u128::from(t.count.max(1));
+    let to_u64 = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+    // Rounded to the nearest millisecond; 0 when no request had an upstream time.
+    let latency = t
+        .latency_sum_ms
+        .saturating_add(t.latency_count / 2)
+        .checked_div(t.latency_count)
+        .unwrap_or(0);
+    Record {
+        start_time: interval.start,
+        end_time: interval.end,
+        duration_mean: to_u64(u128::from(t.duration_sum_ms) * NANOS_PER_MILLI / count),
+        duration_max: to_u64(u128::from(t.duration_max_ms) * NANOS_PER_MILLI),
+        latency,
+        bytes_in: t.bytes_in,
+        bytes_out: t.bytes_out,
+        count: t.count,
+        src_name_aggr: key.src_name_aggr,
+        src_namespace: key.src_namespace,
+        src_type: key.src_type,
+        dest_name_aggr: key.dest_name_aggr,
+        dest_namespace: key.dest_namespace,
+        dest_type: key.dest_type,
+        dest_service_name: key.dest_service_name,
+        dest_service_namespace: key.dest_service_namespace,
+        dest_service_port: key.dest_service_port,
+        dest_port_num: key.dest_port_num,
+        method: key.method,
+        user_agent: key.user_agent,
+        url: key.url,
+        response_code: key.response_code,
+        record_type: key.protocol_type,
+        host: host.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const FIRST: Interval = Interval {
+        start: 1000,
+        end: 1005,
+    };
+
+    fn key(url: &str, code: &str) -> Key {
+        Key {
+            src_name_aggr: "client-6b8d5-*".into(),
+            src_namespace: "shop".into(),
+            src_type: "wep".into(),
+            dest_name_aggr: "web-5f7c9-*".into(),
+            dest_namespace: "shop".into(),
+            dest_type: "wep".into(),
+            dest_service_name: "web".into(),
+            dest_service_namespace: "shop".into(),
+            dest_service_port: 80,
+            dest_port_num: 80,
+            method: "GET".into(),
+            url: url.into(),
+            response_code: code.into(),
+            user_agent: "curl/8".into(),
+            protocol_type: "http/1.1".into(),
+        }
+    }
+
+    fn measure(
+        duration_ms: u64,
+        upstream_ms: Option<u64>,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) -> Measure {
+        Measure {
+            duration_ms,
+            latency_ms: upstream_ms.map(|u| duration_ms - u),
+            bytes_in,
+            bytes_out,
+        }
+    }
+
+    #[test]
+    fn repeats_add_up_into_one_record() {
+        let mut a = Aggregator::new(None);
+        a.add(key("/a", "200"), measure(4, Some(1), 10, 100));
+        a.add(key("/a", "200"), measure(10, Some(6), 20, 200));
+        a.add(key("/a", "200"), measure(1, None, 0, 300));
+        a.add(key("/status/404", "404"), measure(2, Some(1), 0, 50));
+        assert_eq!(a.requests(), 4);
+        let records = a.take(FIRST, "node-1");
+        assert_eq!(records.len(), 2);
+        let r = &records[0];
+        assert_eq!((r.url.as_str(), r.response_code.as_str()), ("/a", "200"));
+        assert_eq!(r.count, 3);
+        assert_eq!((r.bytes_in, r.bytes_out), (30, 600));
+        assert_eq!(r.duration_mean, 5 * MS, "(4 + 10 + 1) / 3 ms");
+        assert_eq!(r.duration_max, 10 * MS);
+        assert_eq!(
+            r.latency, 4,
+            "(3 + 4) / 2 ms, rounded; the request without upstream time is left out"
+        );
+        assert_eq!((r.start_time, r.end_time), (1000, 1005));
+        assert_eq!(r.host, "node-1");
+        assert_eq!(r.record_type, "http/1.1");
+        let r = &records[1];
+        assert_eq!((r.url.as_str(), r.count), ("/status/404", 1));
+        assert_eq!(
+            (r.duration_mean, r.duration_max, r.latency),
+            (2 * MS, 2 * MS, 1)
+        );
+    }
+
+    #[test]
+    fn every_key_field_separates_records() {
+        let base = key("/a", "200");
+        let variants = [
+            Key {
+                src_name_aggr: "other-*".into(),
+                ..base.clone()
+            },
+            Key {
+                dest_service_name: "api".into(),
+                ..base.clone()
+            },
+            Key {
+                dest_port_num: 8080,
+                ..base.clone()
+            },
+            Key {
+                method: "POST".into(),
+                ..base.clone()
+            },
+            Key {
+                url: "/b".into(),
+                ..base.clone()
+            },
+            Key {
+                response_code: "500".into(),
+                ..base.clone()
+            },
+            Key {
+                user_agent: "wget".into(),
+                ..base.clone()
+            },
+            Key {
+                protocol_type: "http/2".into(),
+                ..base.clone()
+            },
+        ];
+        let mut a = Aggregator::new(None);
+        a.add(base.clone(), Measure::default());
+        for k in &variants {
+            a.add(k.clone(), Measure::default());
+        }
+        assert_eq!(a.take(FIRST, "n").len(), variants.len() + 1);
+    }
+
+    #[test]
+    fn mean_of_no_latency_is_zero() {
+        let mut a = Aggregator::new(None);
+        a.add(key("/a", "200"), measure(3, None, 0, 0));
+        assert_eq!(a.take(FIRST, "n")[0].latency, 0);
+    }
+
+    #[test]
+    fn the_cap_sums_the_rest_into_one_unlogged_record() {
+        let mut a = Aggregator::new(Some(2));
+        a.add(key("/a", "200"), measure(1, Some(0), 1, 10));
+        a.add(key("/b", "200"), measure(2, Some(0), 2, 20));
+        // Past the cap: new keys go to `unlogged`...
+        a.add(key("/c", "200"), measure(3, Some(1), 3, 30));
+        a.add(key("/d", "500"), measure(5, Some(1), 4, 40));
+        a.add(key("/c", "200"), measure(7, Some(1), 5, 50));
+        // ...while keys already present keep counting.
+        a.add(key("/a", "200"), measure(1, Some(0), 1, 10));
+        let records = a.take(FIRST, "n");
+        assert_eq!(records.len(), 3);
+        assert_eq!((records[0].url.as_str(), records[0].count), ("/a", 2));
+        assert_eq!((records[1].url.as_str(), records[1].count), ("/b", 1));
+        let u = &records[2];
+        assert_eq!(u.record_type, UNLOGGED);
+        assert_eq!(u.count, 3);
+        assert_eq!((u.bytes_in, u.bytes_out), (12, 120));
+        assert_eq!((u.duration_mean, u.duration_max), (5 * MS, 7 * MS));
+        assert_eq!(u.latency, 4);
+        assert_eq!(
+            (u.url.as_str(), u.method.as_str(), u.src_name_aggr.as_str()),
+            (NONE, NONE, NONE)
+        );
+        assert_eq!((u.dest_service_port, u.dest_port_num), (0, 0));
+        assert_eq!(
+            (u.start_time, u.end_time, u.host.as_str()),
+            (1000, 1005, "n")
+        );
+    }
+
+    #[test]
+    fn a_cap_of_one_keeps_the_first_key() {
+        let mut a = Aggregator::new(Some(1));
+        for _ in 0..5 {
+            a.add(key("/a", "200"), Measure::default());
+        }
+        for _ in 0..3 {
+            a.add(key("/status/404", "404"), Measure::default());
+        }
+        let records = a.take(FIRST, "n");
+        let counts: Vec<_> = records
+            .iter()
+            .map(|r| (r.url.as_str(), r.record_type.as_str(), r.count))
+            .collect();
+        assert_eq!(counts, [("/a", "http/1.1", 5), (NONE, UNLOGGED, 3)]);
+    }
+
+    #[test]
+    fn no_unlogged_record_under_the_cap() {
+        let mut a = Aggregator::new(Some(2));
+        a.add(key("/a", "200"), Measure::default());
+        a.add(key("/a", "200"), Measure::default());
+        let records = a.take(FIRST, "n");
+        assert_eq!(records.len(), 1);
+        assert!(records.iter().all(|r| r.record_type != UNLOGGED));
+    }
+
+    #[test]
+    fn intervals_are_separate_and_the_cap_applies_to_each() {
+        let mut a = Aggregator::new(Some(1));
+        a.add(key("/a", "200"), Measure::default());
+        a.add(key("/b", "200"), Measure::default());
+        let first = a.take(FIRST, "n");
+        assert_eq!(first.len(), 2);
+        assert_eq!(a.requests(), 0, "taking empties it");
+        // The next interval starts where the first ended, with a fresh cap.
+        let second_interval = Interval {
+            start: FIRST.end,
+            end: 1010,
+        };
+        a.add(key("/b", "200"), Measure::default());
+        a.add(key("/b", "200"), Measure::default());
+        let second = a.take(second_interval, "n");
+        assert_eq!(
+            second.len(),
+            1,
+            "/b has a record of its own now: {second:?}"
+        );
+        assert_eq!((second[0].url.as_str(), second[0].count), ("/b", 2));
+        assert_eq!((second[0].start_time, second[0].end_time), (1005, 1010));
+        assert!(
+            a.take(
+                Interval {
+                    start: 1010,
+                    end: 1015
+                },
+                "n"
+            )
+            .is_empty(),
+            "nothing read, nothing emitted"
+        );
+    }
+
+    #[test]
+    fn records_serialise_with_the_reference_field_names_in_order() {
+        let mut a = Aggregator::new(None);
+        a.add(key("/a", "200"), measure(2, Some(1), 5, 6));
+        let json = serde_json::to_string(&a.take(FIRST, "node-1")[0]).unwrap();
+        let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&json)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let mut expected = vec![
+            "start_time",
+            "end_time",
+            "duration_mean",
+            "duration_max",
+            "latency",
+            "bytes_in",
+            "bytes_out",
+            "count",
+            "src_name_aggr",
+            "src_namespace",
+            "src_type",
+            "dest_name_aggr",
+            "dest_namespace",
+            "dest_type",
+            "dest_service_name",
+            "dest_service_namespace",
+            "dest_service_port",
+            "dest_port_num",
+            "method",
+            "user_agent",
+            "url",
+            "response_code",
+            "type",
+            "host",
+        ];
+        // serde_json's map is sorted; the order on the line is checked below.
+        expected.sort_unstable();
+        let mut names_sorted = names.clone();
+        names_sorted.sort_unstable();
+        assert_eq!(names_sorted, expected);
+        assert!(
+            json.starts_with(r#"{"start_time":1000,"end_time":1005,"duration_mean":2000000,"#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(r#""response_code":"200","type":"http/1.1","host":"node-1"}"#),
+            "{json}"
+        );
+    }
+}

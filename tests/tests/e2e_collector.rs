@@ -1,0 +1,517 @@
+//! End to end for `redirector collect`: the real Envoy (configured by `deploy/envoy.yaml`) as
+//! the node proxy, the real daemon steering a selected Service to it, and the collector
+//! following Envoy's access log as it does beside Envoy in the DaemonSet. Requests from the
+//! client pod to the Service's ClusterIP must come out as the aggregated L7 records the user
+//! guide's users query. Run as root: `sudo cargo xtask test`.
+//!
+//! Most tests use a long interval and end it with SIGTERM (the collector reads what is left
+//! and writes the unfinished interval before it exits), so that every request is known to fall
+//! in one interval however Envoy batches its writes; one test checks the periodic flush.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use redirector_tests::{
+    client::connect_stream,
+    daemon::{Daemon, eventually},
+    envoy::{Envoy, UPSTREAM_MARK},
+    http::{HttpBackend, HttpConn, Response},
+    lab::{BACKEND4, CLIENT4, Lab, LabOptions, sa},
+    manifests::{ServiceSpec, ServicesFile},
+    process::spawn_in,
+    sys::unique_id,
+};
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_redirector-under-test");
+const CLUSTER_IP: &str = "10.96.0.10";
+const HTTP_PORT: u16 = 8000;
+/// The records' `host`.
+const NODE_NAME: &str = "l7r-test-node";
+/// Long enough that a test never sees the interval end on its own.
+const LONG_INTERVAL: &str = "300";
+
+/// The field names of a record, as users of the reference product query them.
+const FIELDS: [&str; 24] = [
+    "start_time",
+    "end_time",
+    "duration_mean",
+    "duration_max",
+    "latency",
+    "bytes_in",
+    "bytes_out",
+    "count",
+    "src_name_aggr",
+    "src_namespace",
+    "src_type",
+    "dest_name_aggr",
+    "dest_namespace",
+    "dest_type",
+    "dest_service_name",
+    "dest_service_namespace",
+    "dest_service_port",
+    "dest_port_num",
+    "method",
+    "user_agent",
+    "url",
+    "response_code",
+    "type",
+    "host",
+];
+
+fn cluster() -> SocketAddr {
+    sa(CLUSTER_IP, 80)
+}
+
+/// The selected Service `shop/web`, its EndpointSlice, and Pods for the client and the
+/// backend, owned by ReplicaSets as a Deployment's would be.
+fn services_yaml() -> String {
+    let service = ServiceSpec {
+        namespace: "shop".into(),
+        name: "web".into(),
+        cluster_ip: CLUSTER_IP.into(),
+        port: 80,
+        endpoint_ip: BACKEND4.into(),
+        endpoint_port: HTTP_PORT,
+        annotation: Some("true".into()),
+    };
+    let pod = |name: &str, owner: &str, ip: &str| {
+        format!(
+            "---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: shop
+  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: {owner}, uid: {owner}-uid, controller: true}}]
+status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
+"
+        )
+    };
+    format!(
+        "{}{}{}",
+        service.yaml(),
+        pod("client-6b8d5-x7k2p", "client-6b8d5", CLIENT4),
+        pod("web-5f7c9-q8w2e", "web-5f7c9", BACKEND4)
+    )
+}
+
+/// A file in the temporary directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(what: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("l7r-{what}-{}", unique_id())))
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A `redirector collect` process in the lab's node namespace (as with hostNetwork), stopped
+/// by its PID.
+struct Collector {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Collector {
+    fn start(lab: &Lab, args: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new(EXE);
+        cmd.arg("collect")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = spawn_in(cmd, &lab.node_ns, None).context("cannot start the collector")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = Arc::clone(&log);
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Ok(Self { child, log })
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the collector logged `needle`; fails at once if it exited.
+    fn wait_for_log(&mut self, needle: &str) -> Result<()> {
+        let limit = Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the collector exited ({status}). Log:\n{}", self.log());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {limit:?} waiting for the collector to log {needle:?}. Log:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and the exit status (at most 10 s later).
+    fn stop(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        let _ = self.child.wait();
+        bail!(
+            "the collector ignored SIGTERM for 10 s; killed. Log:\n{}",
+            self.log()
+        )
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+/// Everything one test needs; dropped in reverse order of creation.
+struct World {
+    collector: Collector,
+    output: TempFile,
+    _daemon: Daemon,
+    _file: ServicesFile,
+    envoy: Envoy,
+    _backend: HttpBackend,
+    lab: Lab,
+}
+
+impl World {
+    /// The lab with the Service selected and proxied through Envoy, and a collector started
+    /// with `args` (plus the access log, the services file, the output and the node name).
+    fn new(args: &[&str]) -> Result<Self> {
+        let lab = Lab::with(LabOptions {
+            exclude_proxy_cgroup: false,
+            ..LabOptions::for_daemon()
+        })?;
+        let backend = HttpBackend::start(&lab.backend_ns, &[sa(BACKEND4, HTTP_PORT)])?;
+        lab.emulate_cluster_ip(cluster(), sa(BACKEND4, HTTP_PORT))?;
+        let envoy = Envoy::start(&lab.node_ns, &lab.proxy_cgroup)?;
+        // The daemon reads the same file: it must ignore the Pods in it.
+        let file = ServicesFile::new(&services_yaml())?;
+        let daemon = Daemon::start(
+            EXE,
+            &lab,
+            &[
+                "--services-file",
+                file.arg(),
+                "--exclude-mark",
+                UPSTREAM_MARK,
+            ],
+        )?;
+        eventually("the proxy marked ready", Duration::from_secs(10), || {
+            Ok(lab
+                .pinned_readiness()
+                .map(|r| r.0)
+                .unwrap_or(false)
+                .then_some(()))
+        })
+        .with_context(|| daemon.log())?;
+        eventually("the Service selected", Duration::from_secs(5), || {
+            Ok(lab
+                .pinned_destinations()?
+                .contains(&cluster())
+                .then_some(()))
+        })
+        .with_context(|| daemon.log())?;
+
+        let output = TempFile::new("collector-out.jsonl");
+        let access_log = envoy.access_log.to_string_lossy().into_owned();
+        let mut all = vec![
+            "--access-log",
+            access_log.as_str(),
+            "--services-file",
+            file.arg(),
+            "--output",
+            output.arg(),
+            "--node-name",
+            NODE_NAME,
+            "--poll-interval",
+            "100ms",
+        ];
+        all.extend_from_slice(args);
+        let mut collector = Collector::start(&lab, &all)?;
+        let ready = if args.contains(&"Disabled") {
+            "log collection is disabled"
+        } else {
+            "following the access log"
+        };
+        collector.wait_for_log(ready)?;
+        Ok(Self {
+            collector,
+            output,
+            _daemon: daemon,
+            _file: file,
+            envoy,
+            _backend: backend,
+            lab,
+        })
+    }
+
+    /// `GET path` from the client pod to the ClusterIP, on a new connection.
+    fn get(&self, path: &str) -> Result<Response> {
+        let stream = connect_stream(&self.lab.client_ns, &self.lab.client_cgroup, cluster())?;
+        let response = HttpConn::new(stream, "web.shop")?.request("GET", path)?;
+        ensure!(
+            response.via_envoy(),
+            "GET {path} did not go through Envoy: {response:?}\nEnvoy's access log: {:#?}",
+            self.envoy.access_log()
+        );
+        Ok(response)
+    }
+
+    /// `count` requests to each path, one after the other, then waits until Envoy logged all
+    /// of them.
+    fn send(&self, requests: &[(&str, usize)]) -> Result<()> {
+        let mut total = 0;
+        for &(path, count) in requests {
+            for _ in 0..count {
+                self.get(path)?;
+            }
+            total += count;
+        }
+        self.envoy.wait_for_log_lines(total)?;
+        Ok(())
+    }
+
+    /// Stops the collector (it writes the unfinished interval first) and returns its records.
+    fn stop_and_read(&mut self) -> Result<Vec<Value>> {
+        let status = self.collector.stop()?;
+        ensure!(
+            status.success(),
+            "the collector failed ({status}). Log:\n{}",
+            self.collector.log()
+        );
+        records(&self.output.0)
+    }
+}
+
+/// The records written so far (none if the file does not exist).
+fn records(path: &Path) -> Result<Vec<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not a JSON record: {l:?}")))
+        .collect()
+}
+
+/// The record for `url`.
+fn find<'a>(records: &'a [Value], url: &str) -> Result<&'a Value> {
+    records
+        .iter()
+        .find(|r| r["url"] == url)
+        .with_context(|| format!("no record for {url}: {records:#?}"))
+}
+
+/// Checks the fields every record of a request from the client pod to `shop/web` carries.
+fn check_names(r: &Value) -> Result<()> {
+    let names: BTreeSet<&str> = r
+        .as_object()
+        .context("a record is an object")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    ensure!(
+        names == BTreeSet::from(FIELDS),
+        "the record's fields differ from the reference product's: {names:?}"
+    );
+    for (field, want) in [
+        ("src_name_aggr", Value::from("client-6b8d5-*")),
+        ("src_namespace", "shop".into()),
+        ("src_type", "wep".into()),
+        ("dest_name_aggr", "web-5f7c9-*".into()),
+        ("dest_namespace", "shop".into()),
+        ("dest_type", "wep".into()),
+        ("dest_service_name", "web".into()),
+        ("dest_service_namespace", "shop".into()),
+        ("dest_service_port", 80.into()),
+        ("dest_port_num", 80.into()),
+        ("method", "GET".into()),
+        ("user_agent", "l7r-test/1".into()),
+        ("type", "http/1.1".into()),
+        ("host", NODE_NAME.into()),
+    ] {
+        ensure!(
+            r[field] == want,
+            "{field} is {}, expected {want}: {r:#}",
+            r[field]
+        );
+    }
+    let number = |f: &str| {
+        r[f].as_u64()
+            .with_context(|| format!("{f} is not a number: {r:#}"))
+    };
+    ensure!(number("start_time")? <= number("end_time")?, "{r:#}");
+    ensure!(number("duration_max")? >= number("duration_mean")?, "{r:#}");
+    ensure!(number("bytes_out")? > 0, "the responses have bodies: {r:#}");
+    number("latency")?;
+    number("bytes_in")?;
+    Ok(())
+}
+
+#[test]
+fn two_kinds_of_requests_in_one_interval_make_two_records() -> Result<()> {
+    let mut w = World::new(&["--log-interval-seconds", LONG_INTERVAL])?;
+    // A collector that runs as nobody (as in the DaemonSet) must be able to read the log.
+    let mode = std::fs::metadata(&w.envoy.access_log)?.permissions().mode();
+    ensure!(
+        mode & 0o004 != 0,
+        "Envoy's access log is not world-readable ({mode:o})"
+    );
+    w.send(&[("/a", 5), ("/status/404", 3)])?;
+    let records = w.stop_and_read()?;
+    ensure!(
+        records.len() == 2,
+        "expected exactly two records: {records:#?}"
+    );
+    let a = find(&records, "/a")?;
+    let not_found = find(&records, "/status/404")?;
+    check_names(a)?;
+    check_names(not_found)?;
+    assert_eq!(a["count"], 5);
+    assert_eq!(a["response_code"], "200");
+    assert_eq!(not_found["count"], 3);
+    assert_eq!(not_found["response_code"], "404");
+    assert_eq!(
+        (&a["start_time"], &a["end_time"]),
+        (&not_found["start_time"], &not_found["end_time"]),
+        "one interval"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_cap_of_one_keeps_one_record_and_counts_the_rest_as_unlogged() -> Result<()> {
+    // Configured as the user guide does, through the ApplicationLayer resource.
+    let application_layer = TempFile::new("application-layer.yaml");
+    std::fs::write(
+        &application_layer.0,
+        format!(
+            "apiVersion: operator.tigera.io/v1
+kind: ApplicationLayer
+metadata:
+  name: tigera-secure
+spec:
+  sidecarInjection: true
+  logCollection:
+    collectLogs: Enabled
+    logIntervalSeconds: {LONG_INTERVAL}
+    logRequestsPerInterval: 1
+"
+        ),
+    )?;
+    let mut w = World::new(&["--application-layer", application_layer.arg()])?;
+    w.send(&[("/a", 4), ("/status/404", 3), ("/b", 2)])?;
+    let records = w.stop_and_read()?;
+    ensure!(
+        records.len() == 2,
+        "expected one record and one unlogged record: {records:#?}"
+    );
+    let a = find(&records, "/a")?;
+    check_names(a)?;
+    assert_eq!(a["count"], 4);
+    let unlogged = records
+        .iter()
+        .find(|r| r["type"] == "unlogged")
+        .with_context(|| format!("no unlogged record: {records:#?}"))?;
+    assert_eq!(unlogged["count"], 5, "the 404s and the /b requests");
+    assert_eq!(unlogged["host"], NODE_NAME);
+    assert!(unlogged["bytes_out"].as_u64().unwrap_or(0) > 0);
+    Ok(())
+}
+
+#[test]
+fn records_are_written_every_interval() -> Result<()> {
+    let w = World::new(&["--log-interval-seconds", "1"])?;
+    w.send(&[("/a", 3), ("/status/404", 2)])?;
+    // Without stopping the collector: the periodic flush writes them.
+    let records = eventually("the records of 5 requests", Duration::from_secs(10), || {
+        let records = records(&w.output.0)?;
+        let total: u64 = records.iter().filter_map(|r| r["count"].as_u64()).sum();
+        Ok((total >= 5).then_some(records))
+    })
+    .with_context(|| w.collector.log())?;
+    let count = |url: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["url"] == url)
+            .filter_map(|r| r["count"].as_u64())
+            .sum()
+    };
+    assert_eq!((count("/a"), count("/status/404")), (3, 2), "{records:#?}");
+    for r in &records {
+        check_names(r)?;
+        let (start, end) = (
+            r["start_time"].as_u64().unwrap_or(0),
+            r["end_time"].as_u64().unwrap_or(0),
+        );
+        ensure!(
+            end >= start && end - start <= 3,
+            "a 1 s interval from {start} to {end}: {r:#}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn disabled_collection_emits_nothing() -> Result<()> {
+    let mut w = World::new(&["--collect-logs", "Disabled"])?;
+    w.send(&[("/a", 2)])?;
+    let records = w.stop_and_read()?;
+    ensure!(
+        records.is_empty(),
+        "collectLogs: Disabled, yet {records:#?}"
+    );
+    Ok(())
+}
