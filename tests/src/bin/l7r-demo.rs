@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the user guide's workflow on this machine, step by step, with the real
 //! Envoy and the real daemon. It builds a small lab (network namespaces for a client pod, a
 //! node and two backend pods; a ClusterIP emulated with an nftables DNAT, as kube-proxy would),
-//! shows what annotating a Service changes, and removes everything on exit or Ctrl-C.
+//! shows what annotating a Service changes, Envoy's access log and the aggregated L7 records of
+//! `redirector collect`, and removes everything on exit or Ctrl-C.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -60,7 +61,7 @@ fn check_interrupted() -> Result<()> {
 
 fn step(n: usize, title: &str) -> Result<()> {
     check_interrupted()?;
-    println!("\n\x1b[1m[{n}/8] {title}\x1b[0m");
+    println!("\n\x1b[1m[{n}/9] {title}\x1b[0m");
     Ok(())
 }
 
@@ -110,6 +111,70 @@ fn read_next() {
   - the design and its promises: DESIGN.md in the shared project folder;
   - inside a running node: `bpftool map dump pinned /sys/fs/bpf/l7-redirector/services`."
     );
+}
+
+/// `redirector collect` turning Envoy's access log into aggregated L7 records; stopped by
+/// its PID on drop.
+struct Collector {
+    child: std::process::Child,
+    output: PathBuf,
+}
+
+impl Collector {
+    fn start(redirector: &PathBuf, world: &World) -> Result<Self> {
+        let output = std::env::temp_dir().join(format!(
+            "l7r-demo-records-{}.jsonl",
+            redirector_tests::sys::unique_id()
+        ));
+        let mut cmd = Command::new(redirector);
+        cmd.arg("collect")
+            .arg("--access-log")
+            .arg(&world.envoy.access_log)
+            .args(["--services-file", world.file.arg()])
+            .arg("--output")
+            .arg(&output)
+            .args(["--log-interval-seconds", "1", "--node-name", "demo-node"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let child = spawn_in(cmd, &world.lab.node_ns, None)?;
+        Ok(Self { child, output })
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.output)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.output);
+    }
+}
+
+/// Pods for the collector to name request sources and destinations after.
+fn pods(second_pod: &str) -> String {
+    let pod = |name: &str, owner: &str, ip: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: shop\n  \
+             ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: {owner}, \
+             uid: {owner}-uid, controller: true}}]\n\
+             status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n"
+        )
+    };
+    [
+        pod("frontend-7d9f8-x7k2p", "frontend-7d9f8", CLIENT4),
+        pod("web-5f7c9-q8w2e", "web-5f7c9", BACKEND4),
+        pod("web-5f7c9-z4m1n", "web-5f7c9", second_pod),
+    ]
+    .concat()
 }
 
 /// The demo's world; fields drop in order: daemon, Envoy, files, backends, lab.
@@ -215,8 +280,8 @@ fn run(args: &Args) -> Result<()> {
     let (backend2_ns, backend2_ip) = lab.add_backend_pod()?;
     let backend2 = HttpBackend::start(backend2_ns, &[SocketAddr::new(backend2_ip, POD_PORT)])?;
     let backends = HttpBackend::start(&lab.backend_ns, &[sa(BACKEND4, POD_PORT)])?;
-    let pods: [IpAddr; 2] = [BACKEND4.parse()?, backend2_ip];
-    lab.emulate_balanced_cluster_ip(cluster(), &pods, POD_PORT)?;
+    let pod_ips: [IpAddr; 2] = [BACKEND4.parse()?, backend2_ip];
+    lab.emulate_balanced_cluster_ip(cluster(), &pod_ips, POD_PORT)?;
     say(&format!(
         "network namespaces: a client pod ({CLIENT4}), the node ({NODE4}), two backend pods \
          ({BACKEND4}, {backend2_ip})\n\
@@ -229,7 +294,8 @@ fn run(args: &Args) -> Result<()> {
     step(2, "Starting Envoy and the redirector daemon on the node")?;
     let envoy = Envoy::start(&lab.node_ns, &lab.proxy_cgroup)?;
     let second_pod = backend2_ip.to_string();
-    let manifests = |annotation| spec(annotation).yaml_with_endpoints(&[&second_pod]);
+    let manifests =
+        |annotation| spec(annotation).yaml_with_endpoints(&[&second_pod]) + &pods(&second_pod);
     let file = ServicesFile::new(&manifests(None))?;
     let daemon_args = [
         "--services-file",
@@ -267,6 +333,8 @@ fn run(args: &Args) -> Result<()> {
         world.envoy.access_log.display(),
         world.file.arg()
     ));
+
+    let collector = Collector::start(&args.redirector, &world)?;
 
     step(
         3,
@@ -337,6 +405,39 @@ fn run(args: &Args) -> Result<()> {
 
     step(
         8,
+        "L7 records: `redirector collect` aggregates the access log every interval",
+    )?;
+    let records = eventually("the collector's records", Duration::from_secs(10), || {
+        check_interrupted()?;
+        let records = collector.records();
+        let requests: u64 = records.iter().filter_map(|r| r["count"].as_u64()).sum();
+        Ok((requests >= 4).then_some(records))
+    })?;
+    say(
+        "One record per (source, destination, method, path, code, user agent, protocol, host) and\n\
+         interval, with the field names of the reference product (index tigera_secure_ee_l7*):",
+    );
+    for r in &records {
+        say(&format!(
+            "{} x {} {} -> {}  from {}/{} to Service {}/{}:{}  mean {} ns",
+            r["count"],
+            r["method"].as_str().unwrap_or("-"),
+            r["url"].as_str().unwrap_or("-"),
+            r["response_code"].as_str().unwrap_or("-"),
+            r["src_namespace"].as_str().unwrap_or("-"),
+            r["src_name_aggr"].as_str().unwrap_or("-"),
+            r["dest_service_namespace"].as_str().unwrap_or("-"),
+            r["dest_service_name"].as_str().unwrap_or("-"),
+            r["dest_service_port"],
+            r["duration_mean"],
+        ));
+    }
+    if let Some(first) = records.first() {
+        show("a full record:", &serde_json::to_string(first)?);
+    }
+
+    step(
+        9,
         "kubectl annotate svc web -n shop projectcalico.org/l7-logging-  (deselect)",
     )?;
     let mut selected_conn = world.connect()?;
@@ -365,6 +466,7 @@ fn run(args: &Args) -> Result<()> {
     println!(
         "\nCleaning up: stopping the daemon and Envoy, detaching the programs, removing the lab."
     );
+    drop(collector);
     drop(world);
     Ok(())
 }
