@@ -9,8 +9,7 @@ use std::{
 
 use redirector_common::CgroupRef;
 
-/// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+use crate::fs_type;
 
 /// What can go wrong finding or naming a cgroup v2 directory.
 #[derive(Debug, thiserror::Error)]
@@ -91,24 +90,11 @@ fn unescape_mountinfo(field: &str) -> String {
 
 /// Fails unless `path` is a directory on a cgroup2 file system.
 pub fn check_cgroup2(path: &Path) -> Result<(), CgroupError> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        CgroupError::NotCgroup2 {
-            path: path.to_path_buf(),
-        }
+    let magic = fs_type::magic(path).map_err(|source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
     })?;
-    // SAFETY: statfs fills the zeroed struct; the path is a valid C string.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
-        return Err(CgroupError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type's width differs between libcs"
-    )]
-    if buf.f_type as i64 != CGROUP2_SUPER_MAGIC {
+    if magic != fs_type::CGROUP2_SUPER_MAGIC {
         return Err(CgroupError::NotCgroup2 {
             path: path.to_path_buf(),
         });

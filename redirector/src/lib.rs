@@ -6,6 +6,7 @@
 //! - [`sources`]: where Services come from (Kubernetes API or a file), as [`store::Change`]s.
 //! - [`store`]: the Services and EndpointSlices currently known.
 //! - [`cgroup`]: finding and naming cgroup v2 directories.
+//! - [`fs_type`]: which file system a path is on (bpffs, cgroup2).
 //! - [`dataplane`]: the only module that touches aya: load, pin, attach, maps.
 //! - [`proxy_config`]: the pure translation of command-line choices into the kernel's `Config`.
 //! - [`selection`]: which destinations to steer, from Services and EndpointSlices (pure).
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod collector;
 pub mod daemon;
 pub mod dataplane;
+pub mod fs_type;
 pub mod health;
 pub mod metrics;
 pub mod proxy_config;

@@ -334,3 +334,82 @@ fn a_proxy_that_stops_together_with_the_daemon_fails_open() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `redirector run` with `args` and returns its stderr; it must fail.
+fn run_expecting_failure(args: &[&str]) -> Result<String> {
+    let out = Command::new(EXE)
+        .arg("run")
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()?;
+    anyhow::ensure!(
+        !out.status.success(),
+        "`run {}` should have failed",
+        args.join(" ")
+    );
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_input_is_refused_with_errors_that_name_the_problem_and_touches_nothing() -> Result<()> {
+    let lab = Lab::with(LabOptions::for_daemon())?;
+    let file = ServicesFile::new(&manifests(Some("true")))?;
+    let base = ["--proxy", "10.77.1.1:15001", "--services-file", file.arg()];
+    let pin = lab.pin_dir.to_string_lossy().to_string();
+    let root = lab.cgroup_root().to_string_lossy().to_string();
+    let tmp = std::env::temp_dir().to_string_lossy().to_string();
+
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    let e = run_expecting_failure(&with(&base, &["--pin-dir", &pin, "--cgroup", &tmp]))?;
+    assert!(e.contains("is not a cgroup v2 directory"), "{e}");
+    let e = run_expecting_failure(&with(
+        &base,
+        &[
+            "--pin-dir",
+            &format!("{tmp}/l7r-not-bpffs"),
+            "--cgroup",
+            &root,
+        ],
+    ))?;
+    assert!(e.contains("is not on a bpf file system"), "{e}");
+    let e = run_expecting_failure(&with(
+        &base,
+        &[
+            "--pin-dir",
+            &pin,
+            "--cgroup",
+            &root,
+            "--exclude-mark",
+            "0x1/0x10",
+        ],
+    ))?;
+    assert!(e.contains("can never match"), "{e}");
+    let e = run_expecting_failure(&["--proxy", "[fd00::1]:1", "--services-file", file.arg()])?;
+    assert!(e.contains("is not an IPv4 address"), "{e}");
+    let broken = ServicesFile::new("kind: Service\nmetadata: [\n")?;
+    let e = run_expecting_failure(&[
+        "--proxy",
+        "10.77.1.1:15001",
+        "--services-file",
+        broken.arg(),
+        "--pin-dir",
+        &pin,
+        "--cgroup",
+        &root,
+    ])?;
+    assert!(e.contains("does not parse") && e.contains("line"), "{e}");
+
+    assert_eq!(
+        attached_programs(&lab)?,
+        0,
+        "nothing attached by a refused start"
+    );
+    assert!(lab.pinned_destinations()?.is_empty());
+    assert!(
+        !std::path::Path::new(&format!("{tmp}/l7r-not-bpffs")).exists(),
+        "a refused --pin-dir is not created"
+    );
+    Ok(())
+}

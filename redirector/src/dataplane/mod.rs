@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{self, CgroupError},
+    fs_type,
     reconcile::{Pinned, SelectionMaps},
 };
 
@@ -45,9 +46,6 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/l7-redirector";
 /// Oldest kernel the programs are written for (bpf_link for cgroups, sk_storage in sock_addr
 /// programs, narrow `bpf_sock` loads).
 const MIN_KERNEL: (u8, u8) = (5, 10);
-
-/// `BPF_FS_MAGIC` from `linux/magic.h`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Typed dataplane errors: each says what failed and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
@@ -503,26 +501,18 @@ fn check_kernel() -> Result<()> {
 
 /// Creates the pin directory, which must live on a bpf file system.
 fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
-    fs::create_dir_all(pin_dir).map_err(pin_err("cannot create", pin_dir))?;
-    let c_path = std::ffi::CString::new(pin_dir.as_os_str().as_encoded_bytes())
-        .map_err(|e| pin_err("invalid path", pin_dir)(std::io::Error::other(e)))?;
-    // SAFETY: statfs fills the zeroed struct; the path is a valid C string.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
-        return Err(pin_err("cannot stat", pin_dir)(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type's width differs between libcs"
-    )]
-    if buf.f_type as i64 != BPF_FS_MAGIC {
+    // Check where the directory would be created before creating anything.
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let magic = fs_type::magic(existing).map_err(pin_err("cannot stat", existing))?;
+    if magic != fs_type::BPF_FS_MAGIC {
         return Err(DataplaneError::NoBpffs {
             dir: pin_dir.to_path_buf(),
         });
     }
-    Ok(())
+    fs::create_dir_all(pin_dir).map_err(pin_err("cannot create", pin_dir))
 }
 
 /// Refuses to adopt pinned maps whose key or value layout differs from this build's: aya would
