@@ -218,12 +218,16 @@ impl HttpConn {
 
     /// Sends `method path` and reads the response; the connection stays open.
     pub fn request(&mut self, method: &str, path: &str) -> Result<Response> {
-        write!(
-            self.writer,
+        // One write, as real clients do: `write!` on a bare stream would send each formatted
+        // piece as its own segment, and Envoy's HTTP inspector, seeing only "GET", could send
+        // the connection down its plain-TCP chain.
+        let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: l7r-test/1\r\n\r\n",
             self.host
-        )
-        .context("send request")?;
+        );
+        self.writer
+            .write_all(head.as_bytes())
+            .context("send request")?;
         let head = read_head(&mut self.reader)?.context("connection closed before a response")?;
         let status = head
             .start

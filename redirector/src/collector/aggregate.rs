@@ -32,8 +32,8 @@ pub const UNLOGGED: &str = "unlogged";
 /// A value that is not known or does not apply.
 pub const NONE: &str = "-";
 
-/// What makes two requests one record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// What makes two requests one record; serialised into the record under these names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Key {
     /// `src_name_aggr`.
     pub src_name_aggr: String,
@@ -57,13 +57,14 @@ pub struct Key {
     pub dest_port_num: u16,
     /// `method`.
     pub method: String,
+    /// `user_agent`.
+    pub user_agent: String,
     /// `url`: the path, without query string.
     pub url: String,
     /// `response_code`.
     pub response_code: String,
-    /// `user_agent`.
-    pub user_agent: String,
-    /// `type`: the protocol, such as `http/1.1`.
+    /// `type`: the protocol, such as `http/1.1`, or `unlogged`.
+    #[serde(rename = "type")]
     pub protocol_type: String,
 }
 
@@ -115,7 +116,8 @@ pub struct Interval {
     pub end: u64,
 }
 
-/// One L7 record, serialised as one JSON line with these field names, in this order.
+/// One L7 record, serialised as one JSON line: the interval and the measures, then the key's
+/// fields, then the host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Record {
     /// Start of the interval, Unix seconds.
@@ -134,37 +136,9 @@ pub struct Record {
     pub bytes_out: u64,
     /// Number of requests.
     pub count: u64,
-    /// Aggregated source name.
-    pub src_name_aggr: String,
-    /// Source namespace.
-    pub src_namespace: String,
-    /// Source endpoint type.
-    pub src_type: String,
-    /// Aggregated destination name.
-    pub dest_name_aggr: String,
-    /// Destination namespace.
-    pub dest_namespace: String,
-    /// Destination endpoint type.
-    pub dest_type: String,
-    /// The destination Service's name.
-    pub dest_service_name: String,
-    /// The destination Service's namespace.
-    pub dest_service_namespace: String,
-    /// The destination Service's port.
-    pub dest_service_port: u16,
-    /// The port the client connected to.
-    pub dest_port_num: u16,
-    /// HTTP method.
-    pub method: String,
-    /// User agent.
-    pub user_agent: String,
-    /// URL path.
-    pub url: String,
-    /// HTTP response code.
-    pub response_code: String,
-    /// Protocol (`http/1.1`, `http/2`, `tcp`), or `unlogged`.
-    #[serde(rename = "type")]
-    pub record_type: String,
+    /// Source, destination, request and protocol: what the requests have in common.
+    #[serde(flatten)]
+    pub key: Key,
     /// The node that collected the record.
     pub host: String,
 }
@@ -223,21 +197,22 @@ impl Aggregator {
             .map(|(key, totals)| record(key, totals, interval, host))
             .collect();
         if unlogged.count > 0 {
+            let none = || NONE.to_string();
             let key = Key {
-                src_name_aggr: NONE.into(),
-                src_namespace: NONE.into(),
-                src_type: NONE.into(),
-                dest_name_aggr: NONE.into(),
-                dest_namespace: NONE.into(),
-                dest_type: NONE.into(),
-                dest_service_name: NONE.into(),
-                dest_service_namespace: NONE.into(),
+                src_name_aggr: none(),
+                src_namespace: none(),
+                src_type: none(),
+                dest_name_aggr: none(),
+                dest_namespace: none(),
+                dest_type: none(),
+                dest_service_name: none(),
+                dest_service_namespace: none(),
                 dest_service_port: 0,
                 dest_port_num: 0,
-                method: NONE.into(),
-                url: NONE.into(),
-                response_code: NONE.into(),
-                user_agent: NONE.into(),
+                method: none(),
+                url: none(),
+                response_code: none(),
+                user_agent: none(),
                 protocol_type: UNLOGGED.into(),
             };
             out.push(record(key, unlogged, interval, host));
@@ -266,21 +241,7 @@ fn record(key: Key, t: Totals, interval: Interval, host: &str) -> Record {
         bytes_in: t.bytes_in,
         bytes_out: t.bytes_out,
         count: t.count,
-        src_name_aggr: key.src_name_aggr,
-        src_namespace: key.src_namespace,
-        src_type: key.src_type,
-        dest_name_aggr: key.dest_name_aggr,
-        dest_namespace: key.dest_namespace,
-        dest_type: key.dest_type,
-        dest_service_name: key.dest_service_name,
-        dest_service_namespace: key.dest_service_namespace,
-        dest_service_port: key.dest_service_port,
-        dest_port_num: key.dest_port_num,
-        method: key.method,
-        user_agent: key.user_agent,
-        url: key.url,
-        response_code: key.response_code,
-        record_type: key.protocol_type,
+        key,
         host: host.to_string(),
     }
 }
@@ -340,7 +301,10 @@ mod tests {
         let records = a.take(FIRST, "node-1");
         assert_eq!(records.len(), 2);
         let r = &records[0];
-        assert_eq!((r.url.as_str(), r.response_code.as_str()), ("/a", "200"));
+        assert_eq!(
+            (r.key.url.as_str(), r.key.response_code.as_str()),
+            ("/a", "200")
+        );
         assert_eq!(r.count, 3);
         assert_eq!((r.bytes_in, r.bytes_out), (30, 600));
         assert_eq!(r.duration_mean, 5 * MS, "(4 + 10 + 1) / 3 ms");
@@ -351,9 +315,9 @@ mod tests {
         );
         assert_eq!((r.start_time, r.end_time), (1000, 1005));
         assert_eq!(r.host, "node-1");
-        assert_eq!(r.record_type, "http/1.1");
+        assert_eq!(r.key.protocol_type, "http/1.1");
         let r = &records[1];
-        assert_eq!((r.url.as_str(), r.count), ("/status/404", 1));
+        assert_eq!((r.key.url.as_str(), r.count), ("/status/404", 1));
         assert_eq!(
             (r.duration_mean, r.duration_max, r.latency),
             (2 * MS, 2 * MS, 1)
@@ -425,19 +389,23 @@ mod tests {
         a.add(key("/a", "200"), measure(1, Some(0), 1, 10));
         let records = a.take(FIRST, "n");
         assert_eq!(records.len(), 3);
-        assert_eq!((records[0].url.as_str(), records[0].count), ("/a", 2));
-        assert_eq!((records[1].url.as_str(), records[1].count), ("/b", 1));
+        assert_eq!((records[0].key.url.as_str(), records[0].count), ("/a", 2));
+        assert_eq!((records[1].key.url.as_str(), records[1].count), ("/b", 1));
         let u = &records[2];
-        assert_eq!(u.record_type, UNLOGGED);
+        assert_eq!(u.key.protocol_type, UNLOGGED);
         assert_eq!(u.count, 3);
         assert_eq!((u.bytes_in, u.bytes_out), (12, 120));
         assert_eq!((u.duration_mean, u.duration_max), (5 * MS, 7 * MS));
         assert_eq!(u.latency, 4);
         assert_eq!(
-            (u.url.as_str(), u.method.as_str(), u.src_name_aggr.as_str()),
+            (
+                u.key.url.as_str(),
+                u.key.method.as_str(),
+                u.key.src_name_aggr.as_str()
+            ),
             (NONE, NONE, NONE)
         );
-        assert_eq!((u.dest_service_port, u.dest_port_num), (0, 0));
+        assert_eq!((u.key.dest_service_port, u.key.dest_port_num), (0, 0));
         assert_eq!(
             (u.start_time, u.end_time, u.host.as_str()),
             (1000, 1005, "n")
@@ -456,7 +424,7 @@ mod tests {
         let records = a.take(FIRST, "n");
         let counts: Vec<_> = records
             .iter()
-            .map(|r| (r.url.as_str(), r.record_type.as_str(), r.count))
+            .map(|r| (r.key.url.as_str(), r.key.protocol_type.as_str(), r.count))
             .collect();
         assert_eq!(counts, [("/a", "http/1.1", 5), (NONE, UNLOGGED, 3)]);
     }
@@ -468,7 +436,7 @@ mod tests {
         a.add(key("/a", "200"), Measure::default());
         let records = a.take(FIRST, "n");
         assert_eq!(records.len(), 1);
-        assert!(records.iter().all(|r| r.record_type != UNLOGGED));
+        assert!(records.iter().all(|r| r.key.protocol_type != UNLOGGED));
     }
 
     #[test]
@@ -492,7 +460,7 @@ mod tests {
             1,
             "/b has a record of its own now: {second:?}"
         );
-        assert_eq!((second[0].url.as_str(), second[0].count), ("/b", 2));
+        assert_eq!((second[0].key.url.as_str(), second[0].count), ("/b", 2));
         assert_eq!((second[0].start_time, second[0].end_time), (1005, 1010));
         assert!(
             a.take(
