@@ -12,6 +12,7 @@
 //! - [`http`]: an HTTP/1.1 backend that records what it served, and a keep-alive client.
 //! - [`envoy`]: the real Envoy as the node proxy, with `deploy/envoy.yaml`.
 //! - [`manifests`]: Service manifests and the daemon's services file.
+//! - [`e2e`]: the end-to-end world: a Service behind a ClusterIP, Envoy and the daemon.
 //! - [`lab`]: the world: client, node and backend namespaces, cgroups, and the dataplane.
 //! - [`kube_api`]: a small in-memory Kubernetes API server (a fixture) for kubectl and kube-rs.
 
@@ -19,6 +20,7 @@ pub mod backend;
 pub mod cgroups;
 pub mod client;
 pub mod daemon;
+pub mod e2e;
 pub mod envoy;
 pub mod http;
 pub mod kube_api;

@@ -10,32 +10,24 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader},
-    net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
-    thread,
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use redirector_tests::{
-    client::connect_stream,
-    daemon::{Daemon, eventually},
-    envoy::{Envoy, UPSTREAM_MARK},
-    http::{HttpBackend, HttpConn, Response},
-    lab::{BACKEND4, CLIENT4, Lab, LabOptions, sa},
-    manifests::{ServiceSpec, ServicesFile},
-    process::spawn_in,
+    daemon::eventually,
+    e2e,
+    http::Response,
+    lab::{BACKEND4, CLIENT4, Lab},
+    process::LoggedChild,
     sys::unique_id,
 };
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_redirector-under-test");
-const CLUSTER_IP: &str = "10.96.0.10";
-const HTTP_PORT: u16 = 8000;
 /// The records' `host`.
 const NODE_NAME: &str = "l7r-test-node";
 /// Long enough that a test never sees the interval end on its own.
@@ -69,22 +61,10 @@ const FIELDS: [&str; 24] = [
     "host",
 ];
 
-fn cluster() -> SocketAddr {
-    sa(CLUSTER_IP, 80)
-}
-
 /// The selected Service `shop/web`, its EndpointSlice, and Pods for the client and the
 /// backend, owned by ReplicaSets as a Deployment's would be.
 fn services_yaml() -> String {
-    let service = ServiceSpec {
-        namespace: "shop".into(),
-        name: "web".into(),
-        cluster_ip: CLUSTER_IP.into(),
-        port: 80,
-        endpoint_ip: BACKEND4.into(),
-        endpoint_port: HTTP_PORT,
-        annotation: Some("true".into()),
-    };
+    let service = e2e::web_service(Some("true"));
     let pod = |name: &str, owner: &str, ip: &str| {
         format!(
             "---
@@ -125,151 +105,33 @@ impl Drop for TempFile {
     }
 }
 
-/// A `redirector collect` process in the lab's node namespace (as with hostNetwork), stopped
-/// by its PID.
-struct Collector {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Collector {
-    fn start(lab: &Lab, args: &[&str]) -> Result<Self> {
-        let mut cmd = Command::new(EXE);
-        cmd.arg("collect")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = spawn_in(cmd, &lab.node_ns, None).context("cannot start the collector")?;
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let sink = Arc::clone(&log);
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        Ok(Self { child, log })
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Waits until the collector logged `needle`; fails at once if it exited.
-    fn wait_for_log(&mut self, needle: &str) -> Result<()> {
-        let limit = Duration::from_secs(10);
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.log().contains(needle) {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the collector exited ({status}). Log:\n{}", self.log());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "timed out after {limit:?} waiting for the collector to log {needle:?}. Log:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, and the exit status (at most 10 s later).
-    fn stop(&mut self) -> Result<ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        // SAFETY: signalling the child we started, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        let _ = self.child.wait();
-        bail!(
-            "the collector ignored SIGTERM for 10 s; killed. Log:\n{}",
-            self.log()
-        )
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            eprintln!("warning: {e:#}");
-        }
-    }
+/// Starts `redirector collect` in the lab's node namespace (as with hostNetwork).
+fn start_collector(lab: &Lab, args: &[&str]) -> Result<LoggedChild> {
+    let mut cmd = Command::new(EXE);
+    cmd.arg("collect").args(args);
+    LoggedChild::spawn(cmd, &lab.node_ns, None, "collector")
 }
 
 /// Everything one test needs; dropped in reverse order of creation.
 struct World {
-    collector: Collector,
+    collector: LoggedChild,
     output: TempFile,
-    _daemon: Daemon,
-    _file: ServicesFile,
-    envoy: Envoy,
-    _backend: HttpBackend,
-    lab: Lab,
+    e2e: e2e::World,
 }
 
 impl World {
     /// The lab with the Service selected and proxied through Envoy, and a collector started
     /// with `args` (plus the access log, the services file, the output and the node name).
     fn new(args: &[&str]) -> Result<Self> {
-        let lab = Lab::with(LabOptions {
-            exclude_proxy_cgroup: false,
-            ..LabOptions::for_daemon()
-        })?;
-        let backend = HttpBackend::start(&lab.backend_ns, &[sa(BACKEND4, HTTP_PORT)])?;
-        lab.emulate_cluster_ip(cluster(), sa(BACKEND4, HTTP_PORT))?;
-        let envoy = Envoy::start(&lab.node_ns, &lab.proxy_cgroup)?;
         // The daemon reads the same file: it must ignore the Pods in it.
-        let file = ServicesFile::new(&services_yaml())?;
-        let daemon = Daemon::start(
-            EXE,
-            &lab,
-            &[
-                "--services-file",
-                file.arg(),
-                "--exclude-mark",
-                UPSTREAM_MARK,
-            ],
-        )?;
-        eventually("the proxy marked ready", Duration::from_secs(10), || {
-            Ok(lab
-                .pinned_readiness()
-                .map(|r| r.0)
-                .unwrap_or(false)
-                .then_some(()))
-        })
-        .with_context(|| daemon.log())?;
-        eventually("the Service selected", Duration::from_secs(5), || {
-            Ok(lab
-                .pinned_destinations()?
-                .contains(&cluster())
-                .then_some(()))
-        })
-        .with_context(|| daemon.log())?;
-
+        let e2e = e2e::World::new(EXE, &services_yaml(), true)?;
         let output = TempFile::new("collector-out.jsonl");
-        let access_log = envoy.access_log.to_string_lossy().into_owned();
+        let access_log = e2e.envoy.access_log.to_string_lossy().into_owned();
         let mut all = vec![
             "--access-log",
             access_log.as_str(),
             "--services-file",
-            file.arg(),
+            e2e.file.arg(),
             "--output",
             output.arg(),
             "--node-name",
@@ -278,32 +140,27 @@ impl World {
             "100ms",
         ];
         all.extend_from_slice(args);
-        let mut collector = Collector::start(&lab, &all)?;
+        let mut collector = start_collector(&e2e.lab, &all)?;
         let ready = if args.contains(&"Disabled") {
             "log collection is disabled"
         } else {
             "following the access log"
         };
-        collector.wait_for_log(ready)?;
+        collector.wait_for_log(ready, Duration::from_secs(10))?;
         Ok(Self {
             collector,
             output,
-            _daemon: daemon,
-            _file: file,
-            envoy,
-            _backend: backend,
-            lab,
+            e2e,
         })
     }
 
     /// `GET path` from the client pod to the ClusterIP, on a new connection.
     fn get(&self, path: &str) -> Result<Response> {
-        let stream = connect_stream(&self.lab.client_ns, &self.lab.client_cgroup, cluster())?;
-        let response = HttpConn::new(stream, "web.shop")?.request("GET", path)?;
+        let response = self.e2e.request("GET", path)?;
         ensure!(
             response.via_envoy(),
             "GET {path} did not go through Envoy: {response:?}\nEnvoy's access log: {:#?}",
-            self.envoy.access_log()
+            self.e2e.envoy.access_log()
         );
         Ok(response)
     }
@@ -318,13 +175,13 @@ impl World {
             }
             total += count;
         }
-        self.envoy.wait_for_log_lines(total)?;
+        self.e2e.envoy.wait_for_log_lines(total)?;
         Ok(())
     }
 
     /// Stops the collector (it writes the unfinished interval first) and returns its records.
     fn stop_and_read(&mut self) -> Result<Vec<Value>> {
-        let status = self.collector.stop()?;
+        let status = self.collector.terminate()?;
         ensure!(
             status.success(),
             "the collector failed ({status}). Log:\n{}",
@@ -404,7 +261,9 @@ fn check_names(r: &Value) -> Result<()> {
 fn two_kinds_of_requests_in_one_interval_make_two_records() -> Result<()> {
     let mut w = World::new(&["--log-interval-seconds", LONG_INTERVAL])?;
     // A collector that runs as nobody (as in the DaemonSet) must be able to read the log.
-    let mode = std::fs::metadata(&w.envoy.access_log)?.permissions().mode();
+    let mode = std::fs::metadata(&w.e2e.envoy.access_log)?
+        .permissions()
+        .mode();
     ensure!(
         mode & 0o004 != 0,
         "Envoy's access log is not world-readable ({mode:o})"

@@ -21,7 +21,7 @@ use redirector_tests::{
     http::{HttpBackend, HttpConn, Response},
     lab::{BACKEND4, CLIENT4, Lab, LabOptions, NODE4, PROXY_PORT, sa},
     manifests::{ServiceSpec, ServicesFile},
-    process::spawn_in,
+    process::{LoggedChild, spawn_in},
 };
 
 #[derive(Parser)]
@@ -116,7 +116,7 @@ fn read_next() {
 /// `redirector collect` turning Envoy's access log into aggregated L7 records; stopped by
 /// its PID on drop.
 struct Collector {
-    child: std::process::Child,
+    _process: LoggedChild,
     output: PathBuf,
 }
 
@@ -133,12 +133,12 @@ impl Collector {
             .args(["--services-file", world.file.arg()])
             .arg("--output")
             .arg(&output)
-            .args(["--log-interval-seconds", "1", "--node-name", "demo-node"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let child = spawn_in(cmd, &world.lab.node_ns, None)?;
-        Ok(Self { child, output })
+            .args(["--log-interval-seconds", "1", "--node-name", "demo-node"]);
+        let process = LoggedChild::spawn(cmd, &world.lab.node_ns, None, "collector")?;
+        Ok(Self {
+            _process: process,
+            output,
+        })
     }
 
     fn records(&self) -> Vec<serde_json::Value> {
@@ -152,9 +152,6 @@ impl Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        // SAFETY: signalling the child we started, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.output);
     }
 }
