@@ -15,8 +15,11 @@
 //! - [`e2e`]: the end-to-end world: a Service behind a ClusterIP, Envoy and the daemon.
 //! - [`lab`]: the world: client, node and backend namespaces, cgroups, and the dataplane.
 //! - [`kube_api`]: a small in-memory Kubernetes API server (a fixture) for kubectl and kube-rs.
+//! - [`bench`]: the benchmarks of `cargo xtask bench` (the `l7r-bench` binary), built on the
+//!   fixtures above.
 
 pub mod backend;
+pub mod bench;
 pub mod cgroups;
 pub mod client;
 pub mod daemon;

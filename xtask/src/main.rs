@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build and CI tasks, written in Rust so they run the same on
 //! every machine that has cargo (see `.cargo/config.toml` for the alias).
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod setup;
@@ -38,6 +39,14 @@ enum Command {
     /// Show the main job on this machine: a small lab where annotating a Service sends its new
     /// connections through the real Envoy, step by step (root; cleans up on exit or Ctrl-C).
     Demo,
+    /// Build in release mode and run the benchmarks (root): the redirector against iptables
+    /// and nftables, printed as Markdown, raw samples in target/bench/. Flags after `--` go to
+    /// `l7r-bench` (e.g. `cargo xtask bench -- --quick`).
+    Bench {
+        /// Flags for `l7r-bench` (see `l7r-bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +56,7 @@ fn main() -> ExitCode {
         Command::BuildEbpf { release } => build_ebpf::build_ebpf(release).map(|_| ()),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
+        Command::Bench { args } => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
