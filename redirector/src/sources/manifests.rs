@@ -6,7 +6,12 @@
 //! destinations of requests. The daemon keeps ignoring Pods, so a Pod it could not use can
 //! never make its file fail.
 
-use std::fmt;
+use std::{
+    collections::{HashMap, hash_map::DefaultHasher},
+    fmt,
+    hash::{Hash as _, Hasher as _},
+    sync::Arc,
+};
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
@@ -16,7 +21,7 @@ use serde::Deserialize as _;
 use serde_json::Value;
 
 /// The objects a file holds.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Manifests {
     /// The Services.
     pub services: Vec<Service>,
@@ -75,6 +80,145 @@ fn parse_kinds(text: &str, with_pods: bool) -> Result<Manifests, ManifestError> 
         collect(value, number, with_pods, &mut out)?;
     }
     Ok(out)
+}
+
+impl Manifests {
+    fn extend(&mut self, other: &Manifests) {
+        self.services.extend(other.services.iter().cloned());
+        self.slices.extend(other.slices.iter().cloned());
+        self.pods.extend(other.pods.iter().cloned());
+        self.ignored.extend(other.ignored.iter().cloned());
+    }
+}
+
+/// What changed between two versions of a file: the objects of the documents that went away
+/// and of those that appeared (an edited document is both).
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// Objects of documents no longer in the file.
+    pub removed: Manifests,
+    /// Objects of documents new in the file.
+    pub added: Manifests,
+}
+
+/// Parses one file over and over, re-parsing only the documents that changed: an edit to one
+/// Service of a 10 000-Service stream parses one document, not 20 000. The result is always
+/// what [`parse`] would say: when the split parse fails, the whole text is parsed again, so a
+/// file that needs whole-stream parsing (directives) is merely slower, never read differently.
+#[derive(Debug, Default)]
+pub struct Reparser {
+    with_pods: bool,
+    /// The documents of the last successful parse, by a hash of their text.
+    documents: HashMap<u64, Arc<Manifests>>,
+}
+
+impl Reparser {
+    /// A reparser reading Services and EndpointSlices, and Pods when `with_pods`.
+    pub fn new(with_pods: bool) -> Self {
+        Self {
+            with_pods,
+            documents: HashMap::new(),
+        }
+    }
+
+    /// Parses `text` whole, and remembers its documents.
+    pub fn parse(&mut self, text: &str) -> Result<Manifests, ManifestError> {
+        let delta = self.reparse_from(text, HashMap::new())?;
+        Ok(delta.added)
+    }
+
+    /// Parses `text` and says what changed since the last successful parse. On an error the
+    /// last good state is kept.
+    pub fn reparse(&mut self, text: &str) -> Result<Delta, ManifestError> {
+        let previous = std::mem::take(&mut self.documents);
+        match self.reparse_from(text, previous.clone()) {
+            Ok(delta) => Ok(delta),
+            Err(e) => {
+                self.documents = previous;
+                Err(e)
+            }
+        }
+    }
+
+    fn reparse_from(
+        &mut self,
+        text: &str,
+        previous: HashMap<u64, Arc<Manifests>>,
+    ) -> Result<Delta, ManifestError> {
+        let mut unseen = previous.clone();
+        let mut delta = Delta::default();
+        let mut current: HashMap<u64, Arc<Manifests>> = HashMap::new();
+        for document in split_documents(text) {
+            let hash = hash_text(document);
+            if current.contains_key(&hash) {
+                continue; // the same text twice holds the same objects
+            }
+            let parsed = match unseen.remove(&hash) {
+                Some(known) => known,
+                None => match parse_kinds(document, self.with_pods) {
+                    Ok(parsed) => {
+                        let parsed = Arc::new(parsed);
+                        delta.added.extend(&parsed);
+                        parsed
+                    }
+                    // Maybe the split was wrong for this file: let the whole stream decide.
+                    Err(_) => return self.whole(text, &previous),
+                },
+            };
+            current.insert(hash, parsed);
+        }
+        for gone in unseen.values() {
+            delta.removed.extend(gone);
+        }
+        self.documents = current;
+        Ok(delta)
+    }
+
+    /// Parses the whole stream (its errors then carry the stream's own positions) and treats
+    /// every object as changed.
+    fn whole(
+        &mut self,
+        text: &str,
+        previous: &HashMap<u64, Arc<Manifests>>,
+    ) -> Result<Delta, ManifestError> {
+        let added = parse_kinds(text, self.with_pods)?;
+        let mut removed = Manifests::default();
+        for document in previous.values() {
+            removed.extend(document);
+        }
+        // One entry standing for the whole text: the next edit parses it whole again.
+        self.documents = HashMap::from([(hash_text(text), Arc::new(added.clone()))]);
+        Ok(Delta { removed, added })
+    }
+}
+
+fn hash_text(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Splits a stream before each document marker (`---` at the start of a line, alone or
+/// followed by a space). A marker cannot occur inside a quoted scalar and ends any block
+/// scalar, so this is where YAML itself splits. Each document keeps its marker line.
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let is_marker = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']));
+        if is_marker && offset > start {
+            out.push(&text[start..offset]);
+            start = offset;
+        }
+        offset += line.len();
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
 }
 
 fn collect(
@@ -232,6 +376,91 @@ status: {podIP: 10.244.1.5, podIPs: [{ip: 10.244.1.5}]}
         assert!(parse(text).is_ok());
         let e = parse_with_pods(text).unwrap_err();
         assert!(e.message.contains("Pod n/p"), "{e}");
+    }
+
+    fn names(m: &Manifests) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .services
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap_or_default())
+            .chain(
+                m.slices
+                    .iter()
+                    .map(|s| s.metadata.name.clone().unwrap_or_default()),
+            )
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn documents_split_at_markers_only() {
+        let text = "a: 1\n---\nb: |\n  --- not a marker\n--- # comment\nc: '---'\n----\nd: 1\n";
+        let docs = split_documents(text);
+        assert_eq!(
+            docs,
+            [
+                "a: 1\n",
+                "---\nb: |\n  --- not a marker\n",
+                "--- # comment\nc: '---'\n----\nd: 1\n"
+            ]
+        );
+        assert_eq!(docs.concat(), text);
+    }
+
+    #[test]
+    fn a_reparse_reports_only_the_documents_that_changed() {
+        let mut r = Reparser::new(false);
+        let first = r.parse(TWO_DOCS).unwrap();
+        assert_eq!(names(&first), ["web", "web-1"]);
+        let unchanged = r.reparse(TWO_DOCS).unwrap();
+        assert!(names(&unchanged.added).is_empty() && names(&unchanged.removed).is_empty());
+
+        let edited = TWO_DOCS.replace("clusterIP: 10.96.0.10", "clusterIP: 10.96.0.11");
+        let d = r.reparse(&edited).unwrap();
+        assert_eq!(
+            (names(&d.removed), names(&d.added)),
+            (vec!["web".into()], vec!["web".into()])
+        );
+        let added = &d.added.services[0];
+        assert_eq!(
+            added.spec.as_ref().unwrap().cluster_ip.as_deref(),
+            Some("10.96.0.11")
+        );
+
+        let without_slice = edited.replace("kind: EndpointSlice", "kind: ConfigMap");
+        let d = r.reparse(&without_slice).unwrap();
+        assert_eq!(names(&d.removed), ["web-1"]);
+        assert!(d.added.slices.is_empty());
+    }
+
+    #[test]
+    fn a_broken_reparse_keeps_the_last_good_documents_and_says_where() {
+        let mut r = Reparser::new(false);
+        r.parse(TWO_DOCS).unwrap();
+        let broken = format!("{TWO_DOCS}---\nkind: Service\nmetadata: {{name: [oops\n");
+        let e = r.reparse(&broken).unwrap_err();
+        assert!(
+            e.position.is_some_and(|(line, _)| line >= 17),
+            "positions are the file's: {e}"
+        );
+        let again = r.reparse(TWO_DOCS).unwrap();
+        assert!(
+            names(&again.added).is_empty(),
+            "nothing changed since the last good parse"
+        );
+    }
+
+    #[test]
+    fn a_list_is_one_document() {
+        let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: a, namespace: n}}\n";
+        let mut r = Reparser::new(false);
+        assert_eq!(names(&r.parse(list).unwrap()), ["a"]);
+        let d = r.reparse(&list.replace("name: a", "name: b")).unwrap();
+        assert_eq!(
+            (names(&d.removed), names(&d.added)),
+            (vec!["a".into()], vec!["b".into()])
+        );
     }
 
     #[test]
