@@ -13,15 +13,18 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Pod, Service},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde::Deserialize as _;
 use serde_json::Value;
 
 /// The objects a file holds.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Manifests {
     /// The Services.
     pub services: Vec<Service>,
@@ -83,11 +86,11 @@ fn parse_kinds(text: &str, with_pods: bool) -> Result<Manifests, ManifestError> 
 }
 
 impl Manifests {
-    fn extend(&mut self, other: &Manifests) {
-        self.services.extend(other.services.iter().cloned());
-        self.slices.extend(other.slices.iter().cloned());
-        self.pods.extend(other.pods.iter().cloned());
-        self.ignored.extend(other.ignored.iter().cloned());
+    fn extend(&mut self, other: Manifests) {
+        self.services.extend(other.services);
+        self.slices.extend(other.slices);
+        self.pods.extend(other.pods);
+        self.ignored.extend(other.ignored);
     }
 }
 
@@ -95,10 +98,58 @@ impl Manifests {
 /// and of those that appeared (an edited document is both).
 #[derive(Debug, Default)]
 pub struct Delta {
-    /// Objects of documents no longer in the file.
+    /// Objects of documents no longer in the file. Only their kind, namespace and name are
+    /// filled in: all a deletion needs.
     pub removed: Manifests,
     /// Objects of documents new in the file.
     pub added: Manifests,
+}
+
+/// Which objects a document held, by kind and `(namespace, name)`: what must be deleted when
+/// the document goes. Kept instead of the objects themselves, which the store already holds.
+#[derive(Clone, Debug, Default)]
+struct DocumentKeys {
+    services: Vec<(Option<String>, Option<String>)>,
+    slices: Vec<(Option<String>, Option<String>)>,
+    pods: Vec<(Option<String>, Option<String>)>,
+}
+
+impl DocumentKeys {
+    fn of(m: &Manifests) -> Self {
+        fn keys<'a>(
+            metas: impl Iterator<Item = &'a ObjectMeta>,
+        ) -> Vec<(Option<String>, Option<String>)> {
+            metas
+                .map(|m| (m.namespace.clone(), m.name.clone()))
+                .collect()
+        }
+        Self {
+            services: keys(m.services.iter().map(|s| &s.metadata)),
+            slices: keys(m.slices.iter().map(|s| &s.metadata)),
+            pods: keys(m.pods.iter().map(|p| &p.metadata)),
+        }
+    }
+
+    /// Objects standing for these keys, for deletion.
+    fn tombstones(&self, out: &mut Manifests) {
+        let meta = |(namespace, name): &(Option<String>, Option<String>)| ObjectMeta {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            ..ObjectMeta::default()
+        };
+        out.services.extend(self.services.iter().map(|k| Service {
+            metadata: meta(k),
+            ..Service::default()
+        }));
+        out.slices.extend(self.slices.iter().map(|k| EndpointSlice {
+            metadata: meta(k),
+            ..EndpointSlice::default()
+        }));
+        out.pods.extend(self.pods.iter().map(|k| Pod {
+            metadata: meta(k),
+            ..Pod::default()
+        }));
+    }
 }
 
 /// Parses one file over and over, re-parsing only the documents that changed: an edit to one
@@ -109,7 +160,7 @@ pub struct Delta {
 pub struct Reparser {
     with_pods: bool,
     /// The documents of the last successful parse, by a hash of their text.
-    documents: HashMap<u64, Arc<Manifests>>,
+    documents: HashMap<u64, Arc<DocumentKeys>>,
 }
 
 impl Reparser {
@@ -143,32 +194,32 @@ impl Reparser {
     fn reparse_from(
         &mut self,
         text: &str,
-        previous: HashMap<u64, Arc<Manifests>>,
+        previous: HashMap<u64, Arc<DocumentKeys>>,
     ) -> Result<Delta, ManifestError> {
         let mut unseen = previous.clone();
         let mut delta = Delta::default();
-        let mut current: HashMap<u64, Arc<Manifests>> = HashMap::new();
+        let mut current: HashMap<u64, Arc<DocumentKeys>> = HashMap::new();
         for document in split_documents(text) {
             let hash = hash_text(document);
             if current.contains_key(&hash) {
                 continue; // the same text twice holds the same objects
             }
-            let parsed = match unseen.remove(&hash) {
+            let keys = match unseen.remove(&hash) {
                 Some(known) => known,
                 None => match parse_kinds(document, self.with_pods) {
                     Ok(parsed) => {
-                        let parsed = Arc::new(parsed);
-                        delta.added.extend(&parsed);
-                        parsed
+                        let keys = Arc::new(DocumentKeys::of(&parsed));
+                        delta.added.extend(parsed);
+                        keys
                     }
                     // Maybe the split was wrong for this file: let the whole stream decide.
                     Err(_) => return self.whole(text, &previous),
                 },
             };
-            current.insert(hash, parsed);
+            current.insert(hash, keys);
         }
         for gone in unseen.values() {
-            delta.removed.extend(gone);
+            gone.tombstones(&mut delta.removed);
         }
         self.documents = current;
         Ok(delta)
@@ -179,15 +230,15 @@ impl Reparser {
     fn whole(
         &mut self,
         text: &str,
-        previous: &HashMap<u64, Arc<Manifests>>,
+        previous: &HashMap<u64, Arc<DocumentKeys>>,
     ) -> Result<Delta, ManifestError> {
         let added = parse_kinds(text, self.with_pods)?;
         let mut removed = Manifests::default();
         for document in previous.values() {
-            removed.extend(document);
+            document.tombstones(&mut removed);
         }
         // One entry standing for the whole text: the next edit parses it whole again.
-        self.documents = HashMap::from([(hash_text(text), Arc::new(added.clone()))]);
+        self.documents = HashMap::from([(hash_text(text), Arc::new(DocumentKeys::of(&added)))]);
         Ok(Delta { removed, added })
     }
 }
