@@ -601,7 +601,7 @@ fn watch_protocol_replays_bookmarks_times_out_and_expires() -> Result<()> {
     );
     ensure!(events[0]["object"]["code"] == 410 && events[0]["object"]["reason"] == "Expired");
 
-    let (status, body) = get_raw(server.addr(), "/api/v1/pods")?;
+    let (status, body) = get_raw(server.addr(), "/api/v1/configmaps")?;
     ensure!(status.contains("404"), "{status}");
     let status_object: Value = serde_json::from_str(&body.concat())?;
     ensure!(status_object["kind"] == "Status" && status_object["reason"] == "NotFound");

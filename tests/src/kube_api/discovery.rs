@@ -81,21 +81,38 @@ const VERBS: [&str; 7] = [
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
+/// `entry` in the `all` category, which `kubectl get all` lists.
+fn in_all(mut entry: Value) -> Value {
+    entry["categories"] = json!(["all"]);
+    entry
+}
+
 /// `/api/v1` or `/apis/GROUP/v1`: the resources of a group version, or `None` if not served.
 pub fn resources(group_version: &str) -> Option<Value> {
     let resources = match group_version {
         "v1" => vec![
-            {
-                let mut services =
-                    resource("services", "service", true, "Service", &VERBS, &["svc"]);
-                services["categories"] = json!(["all"]);
-                services
-            },
+            in_all(resource(
+                "services",
+                "service",
+                true,
+                "Service",
+                &VERBS,
+                &["svc"],
+            )),
             resource(
                 "services/status",
                 "",
                 true,
                 "Service",
+                &["get", "patch", "update"],
+                &[],
+            ),
+            in_all(resource("pods", "pod", true, "Pod", &VERBS, &["po"])),
+            resource(
+                "pods/status",
+                "",
+                true,
+                "Pod",
                 &["get", "patch", "update"],
                 &[],
             ),
@@ -151,6 +168,15 @@ mod tests {
             let list: APIResourceList = serde_json::from_value(resources(gv).unwrap()).unwrap();
             assert_eq!(list.group_version, gv);
         }
+        let core: APIResourceList = serde_json::from_value(resources("v1").unwrap()).unwrap();
+        let pods = core
+            .resources
+            .iter()
+            .find(|r| r.name == "pods")
+            .expect("pods are served");
+        assert_eq!((pods.kind.as_str(), pods.namespaced), ("Pod", true));
+        assert!(pods.verbs.iter().any(|v| v == "watch"));
+        assert!(core.resources.iter().any(|r| r.name == "pods/status"));
         assert!(resources("apps/v1").is_none());
     }
 }

@@ -178,7 +178,7 @@ impl Target {
             Resource::from_path(&group, &version, &plural).ok_or_else(ApiError::no_route)?;
         let part = match param("sub").as_deref() {
             None => Part::Main,
-            Some("status") if resource == Resource::Service => Part::Status,
+            Some("status") if resource.has_status() => Part::Status,
             Some(_) => return Err(ApiError::no_route()),
         };
         Ok(Self {

@@ -1,23 +1,26 @@
 //! A test fixture: a small Kubernetes API server, in memory, over plain HTTP on 127.0.0.1.
 //! It is not a Kubernetes API server: it speaks the real wire protocol for exactly what the
 //! redirector's daemon (kube-rs watchers on Services and EndpointSlices, and its Event
-//! recorder) and `kubectl get`/`annotate` use, so tests can drive the daemon like an operator
-//! would, on a machine where no real API server can run.
+//! recorder), its collector (the same watchers, and one on Pods) and `kubectl get`/`annotate`
+//! use, so tests can drive them like an operator would, on a machine where no real API server
+//! can run.
 //!
-//! - Stores Services (`v1`), EndpointSlices (`discovery.k8s.io/v1`) and Events (`v1` and
-//!   `events.k8s.io/v1`), with one global resourceVersion, uids and creation timestamps.
+//! - Stores Services and Pods (`v1`), EndpointSlices (`discovery.k8s.io/v1`) and Events (`v1`
+//!   and `events.k8s.io/v1`), with one global resourceVersion, uids and creation timestamps.
 //! - Serves version and legacy discovery, list (selectors honoured, one page), watch (replay
 //!   from a resourceVersion, 410 Expired past the history kept, bookmarks, timeouts), get,
 //!   create, update, merge / strategic merge / apply patch, and delete.
-//! - Answers `kubectl get` with server-side Tables (the real columns for Services and
+//! - Answers `kubectl get` with server-side Tables (the real columns for Services, Pods and
 //!   EndpointSlices), also when watching.
 //! - Can go down and come back on the same port ([`KubeApiServer::stop`],
 //!   [`KubeApiServer::start_again`]) with its state kept, to test outages.
 //!
 //! Not served: other resources (404), JSON patch (415), aggregated discovery (clients fall
-//! back to the legacy documents), OpenAPI, authentication. Namespaces are made up from the
-//! objects stored; `v1` and `events.k8s.io/v1` Events are stored apart, not converted into
-//! each other; strategic merge patches replace lists instead of merging them by key.
+//! back to the legacy documents), OpenAPI, authentication, Pod subresources other than
+//! `status` (logs, exec). Namespaces are made up from the objects stored; Pods are stored as
+//! given (nothing schedules them or assigns a phase or an IP: a test sets `status` itself);
+//! `v1` and `events.k8s.io/v1` Events are stored apart, not converted into each other;
+//! strategic merge patches replace lists instead of merging them by key.
 //!
 //! ```no_run
 //! # use redirector_tests::kube_api::KubeApiServer;
@@ -55,7 +58,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::{runtime::Runtime, sync::watch as notify};
@@ -132,8 +138,8 @@ pub struct KubeApiServer {
 }
 
 impl KubeApiServer {
-    /// Starts a server holding `initial` objects (Services, EndpointSlices or Events, typed
-    /// or as JSON; the namespace defaults to `default`) on a random port.
+    /// Starts a server holding `initial` objects (Services, Pods, EndpointSlices or Events,
+    /// typed or as JSON; the namespace defaults to `default`) on a random port.
     pub fn start<T: Serialize>(initial: impl IntoIterator<Item = T>) -> Result<Self> {
         Self::start_with(Options::default(), initial)
     }
@@ -317,6 +323,11 @@ preferences: {{}}
     /// One Service.
     pub fn get_service(&self, namespace: &str, name: &str) -> Option<Service> {
         self.get_typed(Resource::Service, namespace, name)
+    }
+
+    /// One Pod.
+    pub fn get_pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        self.get_typed(Resource::Pod, namespace, name)
     }
 
     /// One EndpointSlice.

@@ -11,6 +11,8 @@ use super::error::ApiError;
 pub enum Resource {
     /// `v1` `Service` (`/api/v1/.../services`).
     Service,
+    /// `v1` `Pod` (`/api/v1/.../pods`), which the collector watches to name request sources.
+    Pod,
     /// `discovery.k8s.io/v1` `EndpointSlice`.
     EndpointSlice,
     /// The legacy `v1` `Event` (`/api/v1/.../events`).
@@ -21,8 +23,9 @@ pub enum Resource {
 
 impl Resource {
     /// Every resource.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Service,
+        Self::Pod,
         Self::EndpointSlice,
         Self::CoreEvent,
         Self::Event,
@@ -31,7 +34,7 @@ impl Resource {
     /// The API group (empty for the core group).
     pub fn group(self) -> &'static str {
         match self {
-            Self::Service | Self::CoreEvent => "",
+            Self::Service | Self::Pod | Self::CoreEvent => "",
             Self::EndpointSlice => "discovery.k8s.io",
             Self::Event => "events.k8s.io",
         }
@@ -40,7 +43,7 @@ impl Resource {
     /// `apiVersion` of its objects.
     pub fn api_version(self) -> &'static str {
         match self {
-            Self::Service | Self::CoreEvent => "v1",
+            Self::Service | Self::Pod | Self::CoreEvent => "v1",
             Self::EndpointSlice => "discovery.k8s.io/v1",
             Self::Event => "events.k8s.io/v1",
         }
@@ -50,6 +53,7 @@ impl Resource {
     pub fn kind(self) -> &'static str {
         match self {
             Self::Service => "Service",
+            Self::Pod => "Pod",
             Self::EndpointSlice => "EndpointSlice",
             Self::CoreEvent | Self::Event => "Event",
         }
@@ -59,9 +63,16 @@ impl Resource {
     pub fn plural(self) -> &'static str {
         match self {
             Self::Service => "services",
+            Self::Pod => "pods",
             Self::EndpointSlice => "endpointslices",
             Self::CoreEvent | Self::Event => "events",
         }
+    }
+
+    /// Whether it has a `status` subresource: writes to the object itself keep its `status`,
+    /// and only writes to `.../NAME/status` change it, as with the real server.
+    pub fn has_status(self) -> bool {
+        matches!(self, Self::Service | Self::Pod)
     }
 
     /// The resource served at `/api/v1/PLURAL` (group "") or `/apis/GROUP/VERSION/PLURAL`.
@@ -90,6 +101,7 @@ impl Resource {
         }
         match self {
             Self::Service => decodes::<core::Service>(object),
+            Self::Pod => decodes::<core::Pod>(object),
             Self::EndpointSlice => decodes::<discovery::EndpointSlice>(object),
             Self::CoreEvent => decodes::<core::Event>(object),
             Self::Event => decodes::<events::Event>(object),
@@ -118,13 +130,19 @@ mod tests {
             Resource::from_path("events.k8s.io", "v1", "events"),
             Some(Resource::Event)
         );
-        assert_eq!(Resource::from_path("", "v1", "pods"), None);
+        assert_eq!(Resource::from_path("", "v1", "pods"), Some(Resource::Pod));
+        assert_eq!(Resource::from_path("", "v1", "nodes"), None);
+        assert_eq!(Resource::from_path("apps", "v1", "pods"), None);
         assert_eq!(
             Resource::of(&json!({"apiVersion": "v1", "kind": "Service"})),
             Some(Resource::Service)
         );
         assert_eq!(
             Resource::of(&json!({"apiVersion": "v1", "kind": "Pod"})),
+            Some(Resource::Pod)
+        );
+        assert_eq!(
+            Resource::of(&json!({"apiVersion": "apps/v1", "kind": "ReplicaSet"})),
             None
         );
     }

@@ -59,8 +59,8 @@ pub struct Change {
 /// Which part of an object a write may change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
-    /// The object itself (PUT or PATCH on its path). A Service has a status subresource, so
-    /// its `status` is kept from before, as the real server does.
+    /// The object itself (PUT or PATCH on its path). Services and Pods have a status
+    /// subresource, so their `status` is kept from before, as the real server does.
     Main,
     /// The `status` subresource: only `status` changes.
     Status,
@@ -295,7 +295,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut object = match part {
             Part::All => new,
-            Part::Main if resource != Resource::Service => new,
+            Part::Main if !resource.has_status() => new,
             // Its status subresource keeps `status` out of writes to the main resource.
             Part::Main => with_status_of(new, &existing),
             Part::Status => with_status_of(existing.clone(), &new),
@@ -426,7 +426,9 @@ fn set_defaults(resource: Resource, object: &mut Value) {
                 default(port, "protocol", json!("TCP"));
             }
         }
-        Resource::CoreEvent | Resource::Event => {}
+        // Tests give Pods the status their scenario needs (a phase, an IP); the server's own
+        // defaults (restartPolicy, dnsPolicy, ...) are read by no client under test.
+        Resource::Pod | Resource::CoreEvent | Resource::Event => {}
     }
 }
 
@@ -733,6 +735,69 @@ mod tests {
             json!({"loadBalancer": {}}),
             "status is a subresource"
         );
+    }
+
+    #[test]
+    fn pods_are_stored_as_given_and_keep_status_on_main_writes() {
+        let mut store = Store::new(10);
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-5f7c9-q8w2e", "namespace": "shop",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "web-5f7c9", "uid": "rs-uid",
+                                              "controller": true}]},
+            "status": {"phase": "Running", "podIP": "10.244.2.5"}
+        });
+        let created = store.apply(pod).unwrap();
+        assert_eq!(rv_of(&created), "1");
+        assert_eq!(created["status"]["podIP"], "10.244.2.5");
+        assert!(created.get("spec").is_none(), "no defaults are made up");
+        assert_eq!(store.list(Resource::Pod, Some("shop")), [&created]);
+        assert!(store.list(Resource::Service, None).is_empty());
+        assert!(store.namespaces().contains("shop"));
+
+        // A write to the Pod itself cannot move it: status is a subresource.
+        let labels =
+            json!({"metadata": {"labels": {"app": "web"}}, "status": {"podIP": "1.2.3.4"}});
+        let labelled = store
+            .patch(
+                Resource::Pod,
+                "shop",
+                "web-5f7c9-q8w2e",
+                Part::Main,
+                PatchType::Merge,
+                &labels,
+            )
+            .unwrap();
+        assert_eq!(labelled["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(labelled["status"]["podIP"], "10.244.2.5");
+        let moved = json!({"metadata": {"labels": null}, "status": {"podIP": "10.244.2.6"}});
+        let moved = store
+            .patch(
+                Resource::Pod,
+                "shop",
+                "web-5f7c9-q8w2e",
+                Part::Status,
+                PatchType::Merge,
+                &moved,
+            )
+            .unwrap();
+        assert_eq!(moved["status"]["podIP"], "10.244.2.6");
+        assert_eq!(moved["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(rv_of(&moved), "3");
+
+        let bad = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+                         "status": {"podIP": 7}});
+        let err = store.apply(bad).unwrap_err();
+        assert_eq!(err.code, 400, "{}", err.message);
+        let deleted = store
+            .delete(Resource::Pod, "shop", "web-5f7c9-q8w2e")
+            .unwrap();
+        assert_eq!(rv_of(&deleted), "4");
+        let err = store
+            .delete(Resource::Pod, "shop", "web-5f7c9-q8w2e")
+            .unwrap_err();
+        assert_eq!(err.message, "pods \"web-5f7c9-q8w2e\" not found");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Server-side printing: the `meta.k8s.io/v1` `Table` that `kubectl get` asks for (Accept
-//! `application/json;as=Table;...`), with the columns the real server prints for Services and
-//! EndpointSlices, so `kubectl get svc` looks as an operator expects.
+//! `application/json;as=Table;...`), with the columns the real server prints for Services,
+//! Pods and EndpointSlices, so `kubectl get svc` looks as an operator expects.
 
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
@@ -60,6 +60,17 @@ pub fn table(
             column("Port(s)", "string", "", 0),
             age,
             column("Selector", "string", "", 1),
+        ],
+        Resource::Pod => vec![
+            name,
+            column("Ready", "string", "", 0),
+            column("Status", "string", "", 0),
+            column("Restarts", "string", "", 0),
+            age,
+            column("IP", "string", "", 1),
+            column("Node", "string", "", 1),
+            column("Nominated Node", "string", "", 1),
+            column("Readiness Gates", "string", "", 1),
         ],
         Resource::EndpointSlice => vec![
             name,
@@ -132,6 +143,21 @@ fn cells(resource: Resource, object: &Value) -> Vec<Value> {
             age,
             selector(object).into(),
         ],
+        Resource::Pod => vec![
+            name,
+            pod_ready(object).into(),
+            pod_status(object).into(),
+            pod_restarts(object).to_string().into(),
+            age,
+            or_none(str_at(object, "/status/podIP").to_owned(), "<none>").into(),
+            or_none(str_at(object, "/spec/nodeName").to_owned(), "<none>").into(),
+            or_none(
+                str_at(object, "/status/nominatedNodeName").to_owned(),
+                "<none>",
+            )
+            .into(),
+            readiness_gates(object).into(),
+        ],
         Resource::EndpointSlice => vec![
             name,
             str_at(object, "/addressType").into(),
@@ -190,6 +216,66 @@ fn selector(service: &Value) -> String {
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
         .collect();
     or_none(pairs.join(","), "<none>")
+}
+
+/// `READY`: ready and running containers over the containers in the spec.
+fn pod_ready(pod: &Value) -> String {
+    let ready = list_at(pod, "/status/containerStatuses")
+        .iter()
+        .filter(|c| c["ready"] == true && c.pointer("/state/running").is_some())
+        .count();
+    format!("{ready}/{}", list_at(pod, "/spec/containers").len())
+}
+
+/// `STATUS`, as kubectl's printer derives it for the common cases: the phase, or the Pod's
+/// reason, or a container's waiting or terminated reason (the first container's wins), or
+/// `Terminating` once deletion started. Init containers are not looked at.
+fn pod_status(pod: &Value) -> String {
+    let mut status = match str_at(pod, "/status/reason") {
+        "" => str_at(pod, "/status/phase"),
+        reason => reason,
+    };
+    // Backwards, as kubectl does, so the first container's reason is the one left.
+    for container in list_at(pod, "/status/containerStatuses").iter().rev() {
+        for state in ["/state/waiting/reason", "/state/terminated/reason"] {
+            let reason = str_at(container, state);
+            if !reason.is_empty() {
+                status = reason;
+                break;
+            }
+        }
+    }
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        status = "Terminating";
+    }
+    // A Pod without a phase prints an empty status, as with kubectl.
+    status.to_owned()
+}
+
+/// `RESTARTS`: the containers' restarts, summed.
+fn pod_restarts(pod: &Value) -> u64 {
+    list_at(pod, "/status/containerStatuses")
+        .iter()
+        .filter_map(|c| c["restartCount"].as_u64())
+        .sum()
+}
+
+/// `READINESS GATES`: how many of the gates' conditions are true, over the gates.
+fn readiness_gates(pod: &Value) -> String {
+    let gates = list_at(pod, "/spec/readinessGates");
+    if gates.is_empty() {
+        return "<none>".to_owned();
+    }
+    let conditions = list_at(pod, "/status/conditions");
+    let met = gates
+        .iter()
+        .filter(|gate| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == gate["conditionType"] && c["status"] == "True")
+        })
+        .count();
+    format!("{met}/{}", gates.len())
 }
 
 fn slice_ports(slice: &Value) -> String {
@@ -281,6 +367,48 @@ mod tests {
         for (seconds, want) in cases {
             assert_eq!(human_duration(seconds), want, "{seconds}s");
         }
+    }
+
+    #[test]
+    fn pod_rows() {
+        let pod = json!({
+            "metadata": {"name": "web-5f7c9-q8w2e", "namespace": "shop"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "a"}, {"name": "b"}],
+                     "readinessGates": [{"conditionType": "example.com/ready"}]},
+            "status": {"phase": "Running", "podIP": "10.244.2.5",
+                       "conditions": [{"type": "example.com/ready", "status": "True"}],
+                       "containerStatuses": [
+                           {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+                           {"name": "b", "ready": false, "restartCount": 1,
+                            "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
+        });
+        let pods = table(Resource::Pod, &[&pod], 7, Include::Metadata);
+        assert_eq!(pods["columnDefinitions"].as_array().unwrap().len(), 9);
+        let cells = &pods["rows"][0]["cells"];
+        assert_eq!(cells[0], "web-5f7c9-q8w2e");
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "CrashLoopBackOff");
+        assert_eq!(cells[3], "3");
+        assert_eq!(cells[4], "<unknown>");
+        assert_eq!(cells[5], "10.244.2.5");
+        assert_eq!(cells[6], "node-1");
+        assert_eq!(cells[7], "<none>");
+        assert_eq!(cells[8], "1/1");
+
+        // A Pod as bare as tests write them: no spec, a phase and an IP.
+        let bare = json!({
+            "metadata": {"name": "client", "deletionTimestamp": "2020-01-01T00:00:00Z"},
+            "status": {"phase": "Running", "podIP": "10.244.1.4"}
+        });
+        let pods = table(Resource::Pod, &[&bare], 7, Include::None);
+        let cells = &pods["rows"][0]["cells"];
+        assert_eq!(cells[1], "0/0");
+        assert_eq!(cells[2], "Terminating");
+        assert_eq!(cells[3], "0");
+        assert_eq!((&cells[6], &cells[8]), (&json!("<none>"), &json!("<none>")));
+        let pending = json!({"metadata": {"name": "new"}});
+        let pods = table(Resource::Pod, &[&pending], 7, Include::None);
+        assert_eq!(pods["rows"][0]["cells"][2], "");
     }
 
     #[test]
