@@ -1,8 +1,10 @@
 //! Small system helpers.
 
 use std::{
-    process::Command,
+    io::Write as _,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
+    thread,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -36,6 +38,31 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
         .args(args)
         .output()
         .with_context(|| format!("cannot run {program} {}", args.join(" ")))?;
+    checked(program, args, out)
+}
+
+/// Runs a command with `input` on its stdin, failing with its output when it fails. The input
+/// is written from another thread so that a command which answers before it has read
+/// everything (an early error) cannot deadlock us on a full pipe.
+pub fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {program} {}", args.join(" ")))?;
+    let mut stdin = child.stdin.take().context("no stdin pipe")?;
+    let input = input.to_string();
+    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output()?;
+    // A write error (EPIPE) only matters if the command failed, which is reported below.
+    let _ = writer.join();
+    checked(program, args, out)
+}
+
+/// The command's stdout, or an error with all it printed when it failed.
+fn checked(program: &str, args: &[&str], out: std::process::Output) -> Result<String> {
     if !out.status.success() {
         bail!(
             "`{program} {}` failed ({}): {}{}",

@@ -57,6 +57,18 @@ fn wait_ready(lab: &Lab, daemon: &Daemon) -> Result<()> {
     .with_context(|| format!("daemon log:\n{}", daemon.log()))
 }
 
+/// Starts the daemon on a file that selects `shop/web` and waits until it steers: synced, the
+/// destinations in the map, the proxy marked ready.
+fn start_steering(lab: &Lab, file: &ServicesFile) -> Result<Daemon> {
+    let daemon = start(lab, file, &[])?;
+    wait_ready(lab, &daemon)?;
+    wait_destinations(lab, &web_destinations(), Duration::from_secs(2))?;
+    eventually("ready proxy", Duration::from_secs(5), || {
+        Ok((lab.pinned_readiness()? == (true, true)).then_some(()))
+    })?;
+    Ok(daemon)
+}
+
 fn wait_destinations(lab: &Lab, want: &BTreeSet<SocketAddr>, limit: Duration) -> Result<()> {
     eventually(&format!("the services map to hold {want:?}"), limit, || {
         Ok((lab.pinned_destinations()? == *want).then_some(()))
@@ -163,12 +175,7 @@ fn metrics_health_and_readiness_endpoints() -> Result<()> {
     let lab = Lab::with(LabOptions::for_daemon())?;
     let _proxy = lab.start_proxy(Upstream::Plain)?;
     let file = ServicesFile::new(&manifests(Some("true")))?;
-    let daemon = start(&lab, &file, &[])?;
-    wait_ready(&lab, &daemon)?;
-    wait_destinations(&lab, &web_destinations(), Duration::from_secs(2))?;
-    eventually("ready proxy", Duration::from_secs(5), || {
-        Ok((lab.pinned_readiness()? == (true, true)).then_some(()))
-    })?;
+    let _daemon = start_steering(&lab, &file)?;
     lab.connect(sa(BACKEND4, SERVICE_PORT))?.ask("count me")?;
 
     let addr: SocketAddr = METRICS.parse()?;
@@ -227,12 +234,7 @@ fn sigterm_leaves_the_datapath_a_restart_adopts_it_and_detach_removes_it() -> Re
     let lab = Lab::with(LabOptions::for_daemon())?;
     let _proxy = lab.start_proxy(Upstream::Plain)?;
     let file = ServicesFile::new(&manifests(Some("true")))?;
-    let daemon = start(&lab, &file, &[])?;
-    wait_ready(&lab, &daemon)?;
-    wait_destinations(&lab, &web_destinations(), Duration::from_secs(2))?;
-    eventually("ready proxy", Duration::from_secs(5), || {
-        Ok((lab.pinned_readiness()? == (true, true)).then_some(()))
-    })?;
+    let daemon = start_steering(&lab, &file)?;
     let mut proxied = lab.connect(sa(BACKEND4, SERVICE_PORT))?;
     assert_eq!(proxied.ask("first run")?, ip(NODE4_UPSTREAM));
 

@@ -6,15 +6,9 @@
 //! transaction with `iptables-restore` / `nft -f` inside a lab namespace, never anywhere else:
 //! the rules vanish with the namespace, on every path.
 
-use std::{
-    fmt::Write as _,
-    io::Write as _,
-    net::SocketAddrV4,
-    process::{Command, Stdio},
-    thread,
-};
+use std::{fmt::Write as _, net::SocketAddrV4};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 
 use crate::netns::Netns;
 
@@ -155,7 +149,7 @@ pub fn nft_ruleset(r: &Redirect, destinations: &[SocketAddrV4]) -> String {
 
 /// Loads `rules` (from [`iptables_rules`]) into `ns` with `flavour`'s restore program.
 pub fn apply_iptables(ns: &Netns, flavour: Iptables, rules: &str) -> Result<()> {
-    run_with_input(
+    crate::sys::run_with_input(
         "ip",
         &["netns", "exec", ns.name(), flavour.restore_program()],
         rules,
@@ -165,41 +159,12 @@ pub fn apply_iptables(ns: &Netns, flavour: Iptables, rules: &str) -> Result<()> 
 
 /// Loads `ruleset` (from [`nft_ruleset`]) into `ns`.
 pub fn apply_nft(ns: &Netns, ruleset: &str) -> Result<()> {
-    run_with_input(
+    crate::sys::run_with_input(
         "ip",
         &["netns", "exec", ns.name(), "nft", "-f", "-"],
         ruleset,
     )
     .map(drop)
-}
-
-/// Runs a command with `input` on its stdin, failing with its output when it fails. The input
-/// is written from another thread so that a command which answers before it has read
-/// everything (an early error) cannot deadlock us on a full pipe.
-fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {program} {}", args.join(" ")))?;
-    let mut stdin = child.stdin.take().context("no stdin pipe")?;
-    let input = input.to_string();
-    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output()?;
-    // A write error (EPIPE) only matters if the command failed, which is reported below.
-    let _ = writer.join();
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
