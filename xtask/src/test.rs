@@ -48,7 +48,15 @@ pub fn run() -> Result<()> {
             build_ebpf::build_ebpf(false).map(|_| ())
         }),
         ("cargo fmt", || {
-            util::run(&mut cargo(&["fmt", "--all", "--", "--check"]))
+            util::run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+            // The kernel crate is not a workspace member, so `--all` does not reach it.
+            util::run(&mut cargo(&[
+                "fmt",
+                "--manifest-path",
+                "redirector-ebpf/Cargo.toml",
+                "--",
+                "--check",
+            ]))
         }),
         ("cargo clippy", || {
             util::run(&mut cargo(&[
