@@ -93,6 +93,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     let mut config = settings.to_config()?;
     let cgroup = opts.cgroup.clone().unwrap_or(mount);
+    let metrics_listener = match opts.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
     let metrics = Arc::new(Metrics::default());
@@ -143,16 +151,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Dataplane::open_pinned(&opts.pin_dir)?,
         Arc::clone(&metrics),
     );
-    let _metrics_server = match opts.metrics_addr {
-        Some(addr) => Some(
-            metrics::serve(
-                addr,
-                Arc::clone(&metrics),
-                Dataplane::open_pinned(&opts.pin_dir)?,
-            )
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr}"))?,
-        ),
+    let _metrics_server = match metrics_listener {
+        Some(listener) => Some(metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            Dataplane::open_pinned(&opts.pin_dir)?,
+        )),
         None => None,
     };
 

@@ -4,7 +4,6 @@
 
 use std::{
     fmt::Write as _,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -230,12 +229,14 @@ struct AppState {
     pins: Arc<Mutex<Dataplane>>,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (bound by the caller before it
+/// touches the kernel, so a busy address is an error that changes nothing) until the task is
+/// dropped.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     pins: Dataplane,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> tokio::task::JoinHandle<()> {
     let state = AppState {
         metrics,
         pins: Arc::new(Mutex::new(pins)),
@@ -245,13 +246,14 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    info!(%addr, "serving /metrics, /healthz and /readyz");
-    Ok(tokio::spawn(async move {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "metrics server stopped");
         }
-    }))
+    })
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> String {

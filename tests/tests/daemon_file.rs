@@ -403,6 +403,21 @@ fn bad_input_is_refused_with_errors_that_name_the_problem_and_touches_nothing() 
     ])?;
     assert!(e.contains("does not parse") && e.contains("line"), "{e}");
 
+    let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let busy_addr = busy.local_addr()?.to_string();
+    let e = run_expecting_failure(&with(
+        &base,
+        &[
+            "--pin-dir",
+            &pin,
+            "--cgroup",
+            &root,
+            "--metrics-addr",
+            &busy_addr,
+        ],
+    ))?;
+    assert!(e.contains("cannot serve metrics"), "{e}");
+
     assert_eq!(
         attached_programs(&lab)?,
         0,
