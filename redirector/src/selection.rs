@@ -182,7 +182,7 @@ pub fn desired<'a>(
 
     // Sorted, so "first claim wins" is deterministic.
     let mut services: Vec<&Service> = services.into_iter().collect();
-    services.sort_by_key(|s| ServiceRef::of(s));
+    services.sort_by_cached_key(|s| ServiceRef::of(s));
 
     let mut out = Desired::default();
     for svc in services {

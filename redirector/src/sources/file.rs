@@ -1,6 +1,6 @@
 //! `--services-file`: Service and EndpointSlice manifests in a file, followed for changes. An
 //! edit takes effect within a second (in practice within tens of milliseconds: the file is
-//! looked at every 50 ms and only its changed documents are parsed again); a file that fails
+//! looked at every 20 ms and only its changed documents are parsed again); a file that fails
 //! to parse is reported with the position of the error and the last good state stays in
 //! force.
 //!
@@ -22,7 +22,7 @@ use crate::{metrics::Metrics, store::Change};
 
 /// How often the file is looked at: a `stat(2)`, so cheap enough to do often. (Polling rather
 /// than inotify also follows the symlink swaps of a mounted ConfigMap.)
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(20);
 
 /// Why the file cannot be used.
 #[derive(Debug, thiserror::Error)]
