@@ -125,16 +125,21 @@ impl World {
     /// `curl --head http://<ClusterIP>/` from the client pod, as the user guide says; its
     /// output, lower-cased.
     pub fn curl_head(&self) -> Result<String> {
-        let mut cmd = Command::new("curl");
-        cmd.args(["--head", "--silent", "--show-error", "--max-time", "5"])
-            .arg(format!("http://{CLUSTER_IP}/"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = spawn_in(cmd, &self.lab.client_ns, Some(&self.lab.client_cgroup))?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+        Ok(curl_head(&self.lab)?.to_ascii_lowercase())
     }
+}
+
+/// `curl --head http://<ClusterIP>/` from the lab's client pod (its namespace and cgroup): the
+/// response head, without carriage returns.
+pub fn curl_head(lab: &Lab) -> Result<String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--head", "--silent", "--show-error", "--max-time", "5"])
+        .arg(format!("http://{CLUSTER_IP}/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = spawn_in(cmd, &lab.client_ns, Some(&lab.client_cgroup))?.wait_with_output()?;
+    if !out.status.success() {
+        bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).replace('\r', ""))
 }

@@ -1,10 +1,8 @@
 //! Service manifests for the daemon's `--services-file`, and the file itself (removed on drop).
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 
-use crate::sys::unique_id;
+use crate::sys::TempFile;
 
 /// A Service with a ClusterIP and one ready endpoint, as `kubectl get -o yaml` would show it.
 #[derive(Clone, Debug)]
@@ -84,29 +82,23 @@ ports: [{{port: {endpoint_port}, protocol: TCP}}]
 }
 
 /// A services file in the temporary directory, removed on drop.
-pub struct ServicesFile(PathBuf);
+pub struct ServicesFile(TempFile);
 
 impl ServicesFile {
     /// Creates it with `text`.
     pub fn new(text: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("l7r-services-{}.yaml", unique_id()));
-        std::fs::write(&path, text)?;
-        Ok(Self(path))
+        let file = TempFile::new("services.yaml");
+        std::fs::write(&file.0, text)?;
+        Ok(Self(file))
     }
 
     /// Replaces its contents (in place, as an editor that truncates would).
     pub fn write(&self, text: &str) -> Result<()> {
-        Ok(std::fs::write(&self.0, text)?)
+        Ok(std::fs::write(&self.0.0, text)?)
     }
 
     /// Its path, as a command-line argument.
     pub fn arg(&self) -> &str {
-        self.0.to_str().unwrap_or_default()
-    }
-}
-
-impl Drop for ServicesFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        self.0.arg()
     }
 }

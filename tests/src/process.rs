@@ -65,18 +65,33 @@ pub struct LoggedChild {
 impl LoggedChild {
     /// Starts `cmd` in `ns` (and `cgroup`), collecting its stderr; `what` names it in errors.
     pub fn spawn(
-        mut cmd: Command,
+        cmd: Command,
         ns: &Netns,
         cgroup: Option<&Path>,
         what: &'static str,
     ) -> Result<Self> {
-        cmd.env("RUST_LOG", "info")
-            .env_remove("RUST_BACKTRACE")
+        Self::start(cmd, what, |cmd| spawn_in(cmd, ns, cgroup))
+    }
+
+    /// Starts `cmd` here, in this process's namespaces (programs that need no lab).
+    pub fn spawn_here(cmd: Command, what: &'static str) -> Result<Self> {
+        Self::start(cmd, what, |mut cmd| Ok(cmd.spawn()?))
+    }
+
+    fn start(
+        mut cmd: Command,
+        what: &'static str,
+        spawn: impl FnOnce(Command) -> Result<Child>,
+    ) -> Result<Self> {
+        // The caller may ask for more detail; `info` otherwise.
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child =
-            spawn_in(cmd, ns, cgroup).with_context(|| format!("cannot start the {what}"))?;
+        let mut child = spawn(cmd).with_context(|| format!("cannot start the {what}"))?;
         let log = Arc::new(Mutex::new(String::new()));
         if let Some(stderr) = child.stderr.take() {
             let sink = Arc::clone(&log);

@@ -79,3 +79,38 @@ fn checked(program: &str, args: &[&str], out: std::process::Output) -> Result<St
 pub fn ip(args: &[&str]) -> Result<String> {
     run("ip", args)
 }
+
+/// A path in the temporary directory, unique to this call, removed on drop (if it was made).
+#[derive(Debug)]
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    /// `<tmp>/l7r-<what>-<unique>`; nothing is created yet.
+    pub fn new(what: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("l7r-{what}-{}", unique_id())))
+    }
+
+    /// The path as a command-line argument (temporary paths here are UTF-8).
+    pub fn arg(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // Best effort: a file the test never created is not an error.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The JSON lines in `path`, such as the collector's records (none if it does not exist yet).
+pub fn json_lines(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not a JSON line: {l:?}")))
+        .collect()
+}

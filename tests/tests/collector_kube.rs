@@ -8,19 +8,20 @@
 
 use std::{
     fs::OpenOptions,
-    io::{BufRead as _, BufReader, Write as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    io::Write as _,
+    path::Path,
+    process::{Command, ExitStatus},
+    sync::atomic::{AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use redirector_tests::{kube_api::KubeApiServer, sys::unique_id};
+use redirector_tests::{
+    kube_api::KubeApiServer,
+    process::LoggedChild,
+    sys::{TempFile, json_lines},
+};
 use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_redirector-under-test");
@@ -114,76 +115,31 @@ fn access_line(source_ip: &str, method: &str, path: &str, code: u16) -> String {
     .to_string()
 }
 
-/// A file in the temporary directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(what: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("l7r-{what}-{}", unique_id())))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        // Best effort: a file the test never created is not an error.
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// `redirector collect`, with its stderr (JSON log lines) collected; stopped by its PID on
-/// drop. Spawned directly rather than with `LoggedChild`, which enters a lab network
-/// namespace (and so needs root): this collector needs none.
-struct Collector {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
+/// `redirector collect` with JSON logs, in this process's namespaces (it needs no lab and no
+/// root), stopped by its PID on drop.
+struct Collector(LoggedChild);
 
 impl Collector {
     fn spawn(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(EXE)
-            .arg("collect")
+        let mut cmd = Command::new(EXE);
+        cmd.arg("collect")
             .args(args)
             // JSON, so waits match fields rather than text; debug for the sources, whose
             // "listed" lines say when each watcher has its first list.
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info,redirector::sources::kube=debug")
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start the collector")?;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let sink = Arc::clone(&log);
-            // Ends when the collector exits and its stderr closes.
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    sink.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(line);
-                }
-            });
-        }
-        Ok(Self { child, log })
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .env_remove("KUBECONFIG");
+        Ok(Self(LoggedChild::spawn_here(cmd, "collector")?))
     }
 
     /// Everything it logged so far, for error messages.
     fn log(&self) -> String {
-        self.lines().join("\n")
+        self.0.log()
     }
 
     /// Whether it logged a line whose `fields` satisfy `wanted`.
     fn logged(&self, wanted: impl Fn(&Value) -> bool) -> bool {
-        self.lines().iter().any(|line| {
+        self.log().lines().any(|line| {
             serde_json::from_str::<Value>(line).is_ok_and(|record| wanted(&record["fields"]))
         })
     }
@@ -196,7 +152,7 @@ impl Collector {
             if self.logged(|f| f["message"] == message && kind.is_none_or(|k| f["kind"] == k)) {
                 return Ok(());
             }
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.0.try_wait()? {
                 bail!("the collector exited ({status}). Log:\n{}", self.log());
             }
             if Instant::now() >= deadline {
@@ -222,37 +178,9 @@ impl Collector {
         Ok(())
     }
 
-    /// SIGTERM (it then writes the unfinished interval), and its exit status; SIGKILL and an
-    /// error after 10 s.
+    /// SIGTERM (it then writes the unfinished interval), and its exit status.
     fn terminate(&mut self) -> Result<ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        let pid = i32::try_from(self.child.id()).context("PID out of range")?;
-        // SAFETY: signalling the child we started, by its PID; it is not yet reaped (above),
-        // so the PID is still its.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        let _ = self.child.wait();
-        bail!(
-            "the collector ignored SIGTERM for 10 s; killed. Log:\n{}",
-            self.log()
-        )
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        if let Err(e) = self.terminate() {
-            eprintln!("warning: {e:#}");
-        }
+        self.0.terminate()
     }
 }
 
@@ -279,9 +207,9 @@ impl World {
             "--kubeconfig",
             path_arg(&kubeconfig)?,
             "--access-log",
-            path_arg(&access_log.0)?,
+            access_log.arg(),
             "--output",
-            path_arg(&output.0)?,
+            output.arg(),
             "--log-interval-seconds",
             interval_seconds,
             "--node-name",
@@ -311,7 +239,7 @@ impl World {
 
     /// The records written so far.
     fn records(&self) -> Result<Vec<Value>> {
-        records(&self.output.0)
+        json_lines(&self.output.0)
     }
 
     /// Stops the collector (it writes the unfinished interval first) and returns its records.
@@ -329,18 +257,6 @@ impl World {
 fn path_arg(path: &Path) -> Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-/// The records in `path` (none if it does not exist yet).
-fn records(path: &Path) -> Result<Vec<Value>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e.into()),
-    };
-    text.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not a JSON record: {l:?}")))
-        .collect()
 }
 
 /// The records for `url`.

@@ -57,15 +57,22 @@ fn wait_ready(lab: &Lab, daemon: &Daemon) -> Result<()> {
     .with_context(|| format!("daemon log:\n{}", daemon.log()))
 }
 
+/// Waits until the pinned readiness flags are `want`.
+fn wait_readiness(lab: &Lab, want: (bool, bool)) -> Result<()> {
+    eventually(
+        &format!("readiness {want:?}"),
+        Duration::from_secs(5),
+        || Ok((lab.pinned_readiness()? == want).then_some(())),
+    )
+}
+
 /// Starts the daemon on a file that selects `shop/web` and waits until it steers: synced, the
 /// destinations in the map, the proxy marked ready.
 fn start_steering(lab: &Lab, file: &ServicesFile) -> Result<Daemon> {
     let daemon = start(lab, file, &[])?;
     wait_ready(lab, &daemon)?;
     wait_destinations(lab, &web_destinations(), Duration::from_secs(2))?;
-    eventually("ready proxy", Duration::from_secs(5), || {
-        Ok((lab.pinned_readiness()? == (true, true)).then_some(()))
-    })?;
+    wait_readiness(lab, (true, true))?;
     Ok(daemon)
 }
 
@@ -89,9 +96,7 @@ fn the_map_follows_the_file_and_a_broken_file_keeps_the_last_good_state() -> Res
 
     file.write(&manifests(Some("true")))?;
     wait_destinations(&lab, &web_destinations(), Duration::from_secs(2))?;
-    eventually("the proxy marked ready", Duration::from_secs(5), || {
-        Ok((lab.pinned_readiness()? == (true, true)).then_some(()))
-    })?;
+    wait_readiness(&lab, (true, true))?;
     let mut client = lab.connect(sa(BACKEND4, SERVICE_PORT))?;
     assert_eq!(
         client.ask("annotated")?,
@@ -140,21 +145,14 @@ fn proxy_down_flips_readiness_and_traffic_goes_direct_until_it_returns() -> Resu
     let file = ServicesFile::new(&manifests(Some("true")))?;
     let daemon = start(&lab, &file, &[])?;
     wait_ready(&lab, &daemon)?;
-    let ready = |want: (bool, bool)| {
-        eventually(
-            &format!("readiness {want:?}"),
-            Duration::from_secs(5),
-            || Ok((lab.pinned_readiness()? == want).then_some(())),
-        )
-    };
-    ready((true, true))?;
+    wait_readiness(&lab, (true, true))?;
     assert_eq!(
         lab.connect(sa(BACKEND4, SERVICE_PORT))?.ask("up")?,
         ip(NODE4_UPSTREAM)
     );
 
     drop(proxy);
-    ready((false, false))?;
+    wait_readiness(&lab, (false, false))?;
     assert_eq!(
         lab.connect(sa(BACKEND4, SERVICE_PORT))?.ask("down")?,
         ip(CLIENT4),
@@ -162,7 +160,7 @@ fn proxy_down_flips_readiness_and_traffic_goes_direct_until_it_returns() -> Resu
     );
 
     let _proxy = lab.start_proxy(Upstream::Plain)?;
-    ready((true, true))?;
+    wait_readiness(&lab, (true, true))?;
     assert_eq!(
         lab.connect(sa(BACKEND4, SERVICE_PORT))?.ask("back")?,
         ip(NODE4_UPSTREAM)
@@ -314,9 +312,7 @@ fn a_proxy_that_stops_together_with_the_daemon_fails_open() -> Result<()> {
     let file = ServicesFile::new(&manifests(Some("true")))?;
     let daemon = start(&lab, &file, &[])?;
     wait_ready(&lab, &daemon)?;
-    eventually("ready proxy", Duration::from_secs(5), || {
-        Ok((lab.pinned_readiness()? == (true, true)).then_some(()))
-    })?;
+    wait_readiness(&lab, (true, true))?;
 
     // A pod being deleted: both get SIGTERM at about the same time. (A second SIGTERM would
     // cut the grace short, so wait for the daemon to exit on its own.)

@@ -9,11 +9,7 @@
 //! in one interval however Envoy batches its writes; one test checks the periodic flush.
 
 use std::{
-    collections::BTreeSet,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
+    collections::BTreeSet, os::unix::fs::PermissionsExt as _, process::Command, time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
@@ -23,7 +19,7 @@ use redirector_tests::{
     http::Response,
     lab::{BACKEND4, CLIENT4, Lab},
     process::LoggedChild,
-    sys::unique_id,
+    sys::{TempFile, json_lines},
 };
 use serde_json::Value;
 
@@ -84,25 +80,6 @@ status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
         pod("client-6b8d5-x7k2p", "client-6b8d5", CLIENT4),
         pod("web-5f7c9-q8w2e", "web-5f7c9", BACKEND4)
     )
-}
-
-/// A file in the temporary directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(what: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("l7r-{what}-{}", unique_id())))
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap_or_default()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// Starts `redirector collect` in the lab's node namespace (as with hostNetwork).
@@ -187,20 +164,8 @@ impl World {
             "the collector failed ({status}). Log:\n{}",
             self.collector.log()
         );
-        records(&self.output.0)
+        json_lines(&self.output.0)
     }
-}
-
-/// The records written so far (none if the file does not exist).
-fn records(path: &Path) -> Result<Vec<Value>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e.into()),
-    };
-    text.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not a JSON record: {l:?}")))
-        .collect()
 }
 
 /// The record for `url`.
@@ -336,7 +301,7 @@ fn records_are_written_every_interval() -> Result<()> {
     w.send(&[("/a", 3), ("/status/404", 2)])?;
     // Without stopping the collector: the periodic flush writes them.
     let records = eventually("the records of 5 requests", Duration::from_secs(10), || {
-        let records = records(&w.output.0)?;
+        let records = json_lines(&w.output.0)?;
         let total: u64 = records.iter().filter_map(|r| r["count"].as_u64()).sum();
         Ok((total >= 5).then_some(records))
     })

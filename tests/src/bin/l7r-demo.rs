@@ -7,7 +7,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -17,11 +17,13 @@ use clap::Parser;
 use redirector_tests::{
     client::connect_stream,
     daemon::{Daemon, eventually},
+    e2e::{self, CLUSTER_IP, HTTP_PORT, cluster, web_service},
     envoy::{Envoy, UPSTREAM_MARK},
     http::{HttpBackend, HttpConn, Response},
     lab::{BACKEND4, CLIENT4, Lab, LabOptions, NODE4, PROXY_PORT, sa},
-    manifests::{ServiceSpec, ServicesFile},
-    process::{LoggedChild, spawn_in},
+    manifests::ServicesFile,
+    process::LoggedChild,
+    sys::{TempFile, json_lines},
 };
 
 #[derive(Parser)]
@@ -35,8 +37,8 @@ struct Args {
     envoy: Option<PathBuf>,
 }
 
-const CLUSTER_IP: &str = "10.96.0.10";
-const POD_PORT: u16 = 8000;
+/// The backend pods' port (the Service's target port).
+const POD_PORT: u16 = HTTP_PORT;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -116,23 +118,20 @@ fn read_next() {
 /// `redirector collect` turning Envoy's access log into aggregated L7 records; stopped by
 /// its PID on drop.
 struct Collector {
+    // Declared first, so it stops before its output file is removed.
     _process: LoggedChild,
-    output: PathBuf,
+    output: TempFile,
 }
 
 impl Collector {
     fn start(redirector: &PathBuf, world: &World) -> Result<Self> {
-        let output = std::env::temp_dir().join(format!(
-            "l7r-demo-records-{}.jsonl",
-            redirector_tests::sys::unique_id()
-        ));
+        let output = TempFile::new("demo-records.jsonl");
         let mut cmd = Command::new(redirector);
         cmd.arg("collect")
             .arg("--access-log")
             .arg(&world.envoy.access_log)
             .args(["--services-file", world.file.arg()])
-            .arg("--output")
-            .arg(&output)
+            .args(["--output", output.arg()])
             .args(["--log-interval-seconds", "1", "--node-name", "demo-node"]);
         let process = LoggedChild::spawn(cmd, &world.lab.node_ns, None, "collector")?;
         Ok(Self {
@@ -141,18 +140,9 @@ impl Collector {
         })
     }
 
+    /// The records written so far (none while a line is half written: the next look sees it).
     fn records(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.output)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.output);
+        json_lines(&self.output.0).unwrap_or_default()
     }
 }
 
@@ -184,36 +174,10 @@ struct World {
     lab: Lab,
 }
 
-fn spec(annotation: Option<&str>) -> ServiceSpec {
-    ServiceSpec {
-        namespace: "shop".into(),
-        name: "web".into(),
-        cluster_ip: CLUSTER_IP.into(),
-        port: 80,
-        endpoint_ip: BACKEND4.into(),
-        endpoint_port: POD_PORT,
-        annotation: annotation.map(str::to_string),
-    }
-}
-
-fn cluster() -> SocketAddr {
-    sa(CLUSTER_IP, 80)
-}
-
 impl World {
     fn curl_head(&self) -> Result<String> {
         check_interrupted()?;
-        let mut cmd = Command::new("curl");
-        cmd.args(["--head", "--silent", "--show-error", "--max-time", "5"])
-            .arg(format!("http://{CLUSTER_IP}/"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = spawn_in(cmd, &self.lab.client_ns, Some(&self.lab.client_cgroup))?
-            .wait_with_output()?;
-        if !out.status.success() {
-            bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+        e2e::curl_head(&self.lab)
     }
 
     fn connect(&self) -> Result<HttpConn> {
@@ -291,8 +255,9 @@ fn run(args: &Args) -> Result<()> {
     step(2, "Starting Envoy and the redirector daemon on the node")?;
     let envoy = Envoy::start(&lab.node_ns, &lab.proxy_cgroup)?;
     let second_pod = backend2_ip.to_string();
-    let manifests =
-        |annotation| spec(annotation).yaml_with_endpoints(&[&second_pod]) + &pods(&second_pod);
+    let manifests = |annotation| {
+        web_service(annotation).yaml_with_endpoints(&[&second_pod]) + &pods(&second_pod)
+    };
     let file = ServicesFile::new(&manifests(None))?;
     let daemon_args = [
         "--services-file",
