@@ -278,38 +278,81 @@ impl Config {
     }
 }
 
-/// Per-CPU counters (index 0 of `counters`); user space sums the CPUs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Counters {
-    /// TCP connects seen by connect4/connect6.
-    pub seen: u64,
-    /// Connects rewritten to the proxy.
-    pub redirected: u64,
-    /// Selected destination, but the socket is excluded (cgroup, UID or mark).
-    pub skipped_excluded: u64,
-    /// Selected destination, but the proxy is not ready (fail-open).
-    pub skipped_proxy_not_ready: u64,
-    /// Selected destination, but the original destination could not be recorded (no memory).
-    pub skipped_record_failed: u64,
-    /// `SO_ORIGINAL_DST` asked by the proxy and answered from `orig_dst`.
-    pub orig_dst_found: u64,
-    /// `SO_ORIGINAL_DST` asked for a connection that was not redirected.
-    pub orig_dst_not_found: u64,
+/// What user space knows about one kernel counter: its field, what it counts, and the
+/// Prometheus sample it is published as. [`Counters::FIELDS`] lists every field, in order, so
+/// `redirector status`, its JSON and `/metrics` all iterate over the same table.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterInfo {
+    /// The field's name: also its key in `redirector status --json`.
+    pub name: &'static str,
+    /// What it counts (the field's doc comment).
+    pub help: &'static str,
+    /// The Prometheus metric family it belongs to.
+    pub metric: &'static str,
+    /// The label that tells it apart within its family, when the family has several members.
+    pub label: Option<(&'static str, &'static str)>,
+    /// Reads the field.
+    pub get: fn(&Counters) -> u64,
+    /// The field, to add to it.
+    pub get_mut: fn(&mut Counters) -> &mut u64,
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 56);
 
-impl Counters {
-    /// Field-wise sum, for adding up the per-CPU copies.
-    pub const fn add(self, other: Self) -> Self {
-        Self {
-            seen: self.seen + other.seen,
-            redirected: self.redirected + other.redirected,
-            skipped_excluded: self.skipped_excluded + other.skipped_excluded,
-            skipped_proxy_not_ready: self.skipped_proxy_not_ready + other.skipped_proxy_not_ready,
-            skipped_record_failed: self.skipped_record_failed + other.skipped_record_failed,
-            orig_dst_found: self.orig_dst_found + other.orig_dst_found,
-            orig_dst_not_found: self.orig_dst_not_found + other.orig_dst_not_found,
+/// Declares [`Counters`] and its table [`Counters::FIELDS`] from one list, so a counter is
+/// added in one place (plus the kernel's `bump!` that increments it).
+macro_rules! counters {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident => $metric:literal $({ $key:literal = $value:literal })?;
+    )+) => {
+        /// Per-CPU counters (index 0 of `counters`); user space sums the CPUs.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        pub struct Counters {
+            $( $(#[doc = $doc])+ pub $field: u64, )+
+        }
+
+        impl Counters {
+            /// Every field, in declaration order.
+            pub const FIELDS: &'static [CounterInfo] = &[
+                $( CounterInfo {
+                    name: stringify!($field),
+                    help: concat!($($doc),+),
+                    metric: $metric,
+                    label: counters!(@label $($key, $value)?),
+                    get: |c| c.$field,
+                    get_mut: |c| &mut c.$field,
+                }, )+
+            ];
+        }
+    };
+    (@label) => { None };
+    (@label $key:literal, $value:literal) => { Some(($key, $value)) };
+}
+
+counters! {
+    /// TCP connects seen by connect4/connect6.
+    seen => "l7r_connections_seen_total";
+    /// Connects rewritten to the proxy.
+    redirected => "l7r_connections_redirected_total";
+    /// Selected destination, but the socket is excluded (cgroup, UID or mark).
+    skipped_excluded => "l7r_connections_skipped_total" { "reason" = "excluded" };
+    /// Selected destination, but the proxy is not ready (fail-open).
+    skipped_proxy_not_ready => "l7r_connections_skipped_total" { "reason" = "proxy_not_ready" };
+    /// Selected destination, but the original destination could not be recorded (no memory).
+    skipped_record_failed => "l7r_connections_skipped_total" { "reason" = "record_failed" };
+    /// `SO_ORIGINAL_DST` asked by the proxy and answered from `orig_dst`.
+    orig_dst_found => "l7r_original_dst_lookups_total" { "result" = "found" };
+    /// `SO_ORIGINAL_DST` asked for a connection that was not redirected.
+    orig_dst_not_found => "l7r_original_dst_lookups_total" { "result" = "not_found" };
+}
+// Every field is a u64 listed in the table: a field left out of it would break this.
+const _: () = assert!(core::mem::size_of::<Counters>() == 8 * Counters::FIELDS.len());
+
+/// Field-wise sum, for adding up the per-CPU copies.
+impl core::ops::AddAssign<&Counters> for Counters {
+    fn add_assign(&mut self, other: &Counters) {
+        for field in Counters::FIELDS {
+            *(field.get_mut)(self) += (field.get)(other);
         }
     }
 }

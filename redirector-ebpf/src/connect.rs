@@ -17,11 +17,9 @@ use redirector_common::{
 
 use crate::{
     counters::bump,
+    ctx::{ALLOW, read_ip6, write_ip6},
     maps::{CONFIG, SERVICES, SOCK_ORIG_DST},
 };
-
-/// Return value of a cgroup sock_addr program that lets the call proceed.
-const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -61,30 +59,19 @@ fn try_connect4(ctx: &SockAddrContext) {
 #[inline(always)]
 fn try_connect6(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    // SAFETY: as in `try_connect4`; `user_ip6` is read and written one 4-byte word at a time
-    // (volatile, so the compiler cannot merge them into loads the verifier refuses).
+    // SAFETY: as in `try_connect4`; `user_ip6` is the four words `read_ip6`/`write_ip6` need.
     unsafe {
         if read_volatile(addr_of!((*sa).protocol)) != u32::from(IPPROTO_TCP) {
             return;
         }
         bump!(seen);
-        let w = addr_of!((*sa).user_ip6).cast::<u32>();
-        let mut addr = [0u8; 16];
-        addr[0..4].copy_from_slice(&read_volatile(w).to_ne_bytes());
-        addr[4..8].copy_from_slice(&read_volatile(w.add(1)).to_ne_bytes());
-        addr[8..12].copy_from_slice(&read_volatile(w.add(2)).to_ne_bytes());
-        addr[12..16].copy_from_slice(&read_volatile(w.add(3)).to_ne_bytes());
+        let addr = read_ip6(addr_of!((*sa).user_ip6).cast::<u32>());
         let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
         // IPv4-mapped destinations on dual-stack sockets get the IPv4-mapped IPv4 proxy.
         let Some(proxy) = steer(ctx, Endpoint::new(addr, port)) else {
             return;
         };
-        let w = addr_of_mut!((*sa).user_ip6).cast::<u32>();
-        let a = proxy.addr;
-        write_volatile(w, u32::from_ne_bytes([a[0], a[1], a[2], a[3]]));
-        write_volatile(w.add(1), u32::from_ne_bytes([a[4], a[5], a[6], a[7]]));
-        write_volatile(w.add(2), u32::from_ne_bytes([a[8], a[9], a[10], a[11]]));
-        write_volatile(w.add(3), u32::from_ne_bytes([a[12], a[13], a[14], a[15]]));
+        write_ip6(addr_of_mut!((*sa).user_ip6).cast::<u32>(), &proxy.addr);
         write_volatile(addr_of_mut!((*sa).user_port), u32::from(proxy.port.to_be()));
     }
 }

@@ -5,9 +5,10 @@ use core::ptr::{addr_of_mut, write_volatile};
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::maps::SOCK_ORIG_DST;
-
-const ALLOW: i32 = 1;
+use crate::{
+    ctx::{ALLOW, write_ip6},
+    maps::SOCK_ORIG_DST,
+};
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
@@ -36,12 +37,7 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
         unsafe {
             let orig = *orig;
             let sa = ctx.sock_addr;
-            let w = addr_of_mut!((*sa).user_ip6).cast::<u32>();
-            let a = orig.addr;
-            write_volatile(w, u32::from_ne_bytes([a[0], a[1], a[2], a[3]]));
-            write_volatile(w.add(1), u32::from_ne_bytes([a[4], a[5], a[6], a[7]]));
-            write_volatile(w.add(2), u32::from_ne_bytes([a[8], a[9], a[10], a[11]]));
-            write_volatile(w.add(3), u32::from_ne_bytes([a[12], a[13], a[14], a[15]]));
+            write_ip6(addr_of_mut!((*sa).user_ip6).cast::<u32>(), &orig.addr);
             write_volatile(addr_of_mut!((*sa).user_port), u32::from(orig.port.to_be()));
         }
     }

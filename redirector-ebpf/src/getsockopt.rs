@@ -10,7 +10,11 @@ use redirector_common::{
     AF_INET, AF_INET6, Endpoint, IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, v4_mapped,
 };
 
-use crate::{counters::bump, maps::ORIG_DST};
+use crate::{
+    counters::bump,
+    ctx::{ALLOW, read_ip6},
+    maps::ORIG_DST,
+};
 
 /// `sizeof(struct sockaddr_in)`.
 const SOCKADDR_IN_LEN: usize = 16;
@@ -20,7 +24,7 @@ const SOCKADDR_IN6_LEN: usize = 28;
 #[cgroup_sockopt(getsockopt)]
 pub fn getsockopt(ctx: SockoptContext) -> i32 {
     try_getsockopt(&ctx);
-    1
+    ALLOW
 }
 
 #[inline(always)]
@@ -43,13 +47,7 @@ fn try_getsockopt(ctx: &SockoptContext) {
             let ip = read_volatile(addr_of!((*sk).dst_ip4)).to_ne_bytes();
             Endpoint::new(v4_mapped(ip), port)
         } else {
-            let w = addr_of!((*sk).dst_ip6).cast::<u32>();
-            let mut addr = [0u8; 16];
-            addr[0..4].copy_from_slice(&read_volatile(w).to_ne_bytes());
-            addr[4..8].copy_from_slice(&read_volatile(w.add(1)).to_ne_bytes());
-            addr[8..12].copy_from_slice(&read_volatile(w.add(2)).to_ne_bytes());
-            addr[12..16].copy_from_slice(&read_volatile(w.add(3)).to_ne_bytes());
-            Endpoint::new(addr, port)
+            Endpoint::new(read_ip6(addr_of!((*sk).dst_ip6).cast::<u32>()), port)
         };
         let Some(orig) = ORIG_DST.get_ptr(peer) else {
             bump!(orig_dst_not_found);

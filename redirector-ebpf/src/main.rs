@@ -9,6 +9,7 @@
 
 mod connect;
 mod counters;
+mod ctx;
 mod getpeername;
 mod getsockopt;
 mod maps;

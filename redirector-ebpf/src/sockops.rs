@@ -17,7 +17,10 @@ use aya_ebpf::{
 };
 use redirector_common::{AF_INET, Endpoint, v4_mapped};
 
-use crate::maps::{ORIG_DST, SOCK_ORIG_DST};
+use crate::{
+    ctx::read_ip6,
+    maps::{ORIG_DST, SOCK_ORIG_DST},
+};
 
 #[sock_ops]
 pub fn track_connection(ctx: SockOpsContext) -> u32 {
@@ -74,12 +77,6 @@ fn local_endpoint(ops: *mut bpf_sock_ops) -> Endpoint {
             let ip = read_volatile(addr_of!((*ops).local_ip4)).to_ne_bytes();
             return Endpoint::new(v4_mapped(ip), port);
         }
-        let w = addr_of!((*ops).local_ip6).cast::<u32>();
-        let mut addr = [0u8; 16];
-        addr[0..4].copy_from_slice(&read_volatile(w).to_ne_bytes());
-        addr[4..8].copy_from_slice(&read_volatile(w.add(1)).to_ne_bytes());
-        addr[8..12].copy_from_slice(&read_volatile(w.add(2)).to_ne_bytes());
-        addr[12..16].copy_from_slice(&read_volatile(w.add(3)).to_ne_bytes());
-        Endpoint::new(addr, port)
+        Endpoint::new(read_ip6(addr_of!((*ops).local_ip6).cast::<u32>()), port)
     }
 }

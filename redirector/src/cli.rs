@@ -1,45 +1,46 @@
-//! The command line: `redirector run | status | detach | collect`. The flags are a contract (see
-//! DESIGN.md): users, scripts and tests rely on them exactly.
+//! The command line: `redirector run | status | detach | collect`, every flag of every
+//! subcommand in one place. The flags are a contract (see docs/design.md): users, scripts and
+//! tests rely on them exactly. Each subcommand's flags turn into the options of the module that
+//! does the work (`daemon`, `collector`, `status`, `dataplane`), which know nothing of clap.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use redirector_common::DEFAULT_SERVICES_CAPACITY;
-use tracing_subscriber::EnvFilter;
 
 use crate::{
-    collector::{self, CollectArgs},
-    daemon::{self, RunOptions, Source},
+    collector::{
+        self, CollectOptions, DEFAULT_ACCESS_LOG,
+        config::{self, CollectLogs, LogCollection, RequestLimit, Settings},
+    },
+    daemon::{self, RunOptions},
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
+    k8s::{service::DEFAULT_ANNOTATION, sources::Source},
     proxy_config::parse_mark,
-    selection::DEFAULT_ANNOTATION,
     status,
+    telemetry::{self, LogFormat},
 };
 
 /// Parses the process's arguments and does what they say: the whole `redirector` binary.
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => {
-            init_logging(args.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(daemon::run(args.options()))
+            telemetry::init(args.log_format);
+            runtime()?.block_on(daemon::run(args.options()))
         }
         Command::Collect(args) => {
-            init_logging(args.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(collector::run(*args))
+            telemetry::init(args.log_format);
+            let options = args.options()?;
+            runtime()?.block_on(collector::run(options))
         }
         Command::Status { pin_dir, json } => {
-            init_logging(LogFormat::Text);
+            telemetry::init(LogFormat::Text);
             let dp = Dataplane::open_pinned(&pin_dir)?;
             let report = status::gather(&dp)
                 .with_context(|| format!("cannot read the maps under {}", pin_dir.display()))?;
@@ -51,7 +52,7 @@ pub fn run() -> Result<()> {
             Ok(())
         }
         Command::Detach { pin_dir } => {
-            init_logging(LogFormat::Text);
+            telemetry::init(LogFormat::Text);
             if dataplane::detach(&pin_dir)? {
                 println!(
                     "detached: removed the programs and pins under {}",
@@ -65,15 +66,13 @@ pub fn run() -> Result<()> {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// The daemon's and the collector's runtime: two workers are plenty for a node agent.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// eBPF traffic selector and redirector for L7 logs.
@@ -120,14 +119,27 @@ pub enum Command {
     Collect(Box<CollectArgs>),
 }
 
-/// Log line format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
+/// Where Services (and EndpointSlices, and Pods for `collect`) come from: shared by `run` and
+/// `collect`.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Read Services and EndpointSlices (and, for `collect`, Pods) from this YAML or JSON file
+    /// instead of the Kubernetes API, and follow it; the way to run without a cluster.
+    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
+    pub services_file: Option<PathBuf>,
+    /// Kubeconfig to reach the API with (default: in-cluster config, or $KUBECONFIG).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The source these flags name.
+    pub fn source(&self) -> Source {
+        match &self.services_file {
+            Some(path) => Source::File(path.clone()),
+            None => Source::Kube(self.kubeconfig.clone()),
+        }
+    }
 }
 
 /// `redirector run` flags.
@@ -139,13 +151,9 @@ pub struct RunArgs {
     /// The node proxy's IPv6 address and port.
     #[arg(long, value_name = "[IP]:PORT")]
     pub proxy6: Option<SocketAddr>,
-    /// Read Services (and EndpointSlices) from this YAML or JSON file instead of the
-    /// Kubernetes API, and follow it; the way to run without a cluster.
-    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
-    pub services_file: Option<PathBuf>,
-    /// Kubeconfig to reach the API with (default: in-cluster config, or $KUBECONFIG).
-    #[arg(long, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
+    /// Where Services come from.
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// The cgroup v2 directory to attach to (default: the cgroup2 root, so every process on
     /// the node is covered).
     #[arg(long, value_name = "PATH")]
@@ -191,10 +199,7 @@ impl RunArgs {
         RunOptions {
             proxy: self.proxy,
             proxy6: self.proxy6,
-            source: match &self.services_file {
-                Some(path) => Source::File(path.clone()),
-                None => Source::Kube(self.kubeconfig.clone()),
-            },
+            source: self.source.source(),
             cgroup: self.cgroup.clone(),
             pin_dir: self.pin_dir.clone(),
             annotation: self.annotation.clone(),
@@ -206,6 +211,100 @@ impl RunArgs {
             shutdown_grace: self.shutdown_grace,
             services_capacity: self.services_capacity,
         }
+    }
+}
+
+/// `redirector collect` flags.
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// Envoy's JSON access log, followed from its end (through rotation and truncation).
+    #[arg(long, default_value = DEFAULT_ACCESS_LOG, value_name = "PATH")]
+    pub access_log: PathBuf,
+    /// Where Services, EndpointSlices and Pods come from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// A YAML file holding an `operator.tigera.io/v1` `ApplicationLayer` whose
+    /// `spec.logCollection` configures collection; the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub application_layer: Option<PathBuf>,
+    /// `collectLogs`: Enabled, or Disabled to emit nothing [default: Enabled].
+    #[arg(long, value_name = "Enabled|Disabled", value_parser = config::parse_collect_logs)]
+    pub collect_logs: Option<CollectLogs>,
+    /// `logIntervalSeconds`: how often to emit the aggregated records, at least 1
+    /// [default: 5].
+    #[arg(long, value_name = "SECONDS", value_parser = config::parse_interval)]
+    pub log_interval_seconds: Option<NonZeroU32>,
+    /// `logRequestsPerInterval`: at most this many distinct records per interval, the rest
+    /// summed into one `unlogged` record; -1 for no cap [default: -1].
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = config::parse_request_limit
+    )]
+    pub log_requests_per_interval: Option<RequestLimit>,
+    /// Append the records to this file instead of writing them to stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// When more than this much of the log is waiting to be read, skip to its newest lines
+    /// (and count what was skipped). Bytes, or with a KiB, MiB or GiB suffix.
+    #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = parse_size)]
+    pub max_lag: u64,
+    /// The records' `host` [default: $NODE_NAME, else the host name].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// More addresses that belong to this host (its own interfaces' are always included).
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    pub host_addresses: Vec<IpAddr>,
+    /// How often to look for new lines in the access log.
+    #[arg(long, default_value = "200ms", value_name = "DURATION", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How often to log a summary of what was read, skipped and emitted.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub summary_interval: Duration,
+    /// Log format (the collector's own logs, on stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl CollectArgs {
+    /// The settings the flags give (unset ones are left to the file and the defaults).
+    pub fn flag_settings(&self) -> Settings {
+        Settings {
+            collect_logs: self.collect_logs,
+            interval_seconds: self.log_interval_seconds,
+            requests_per_interval: self.log_requests_per_interval,
+        }
+    }
+
+    /// The settings in force: flags, then `--application-layer`, then defaults.
+    pub fn log_collection(&self) -> Result<LogCollection> {
+        let file = match &self.application_layer {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Some(config::parse_application_layer(&text).with_context(|| {
+                    format!("{} is not a usable ApplicationLayer", path.display())
+                })?)
+            }
+            None => None,
+        };
+        Ok(config::resolve(self.flag_settings(), file))
+    }
+
+    /// The collector's options (reads `--application-layer`).
+    pub fn options(&self) -> Result<CollectOptions> {
+        Ok(CollectOptions {
+            access_log: self.access_log.clone(),
+            source: self.source.source(),
+            log_collection: self.log_collection()?,
+            output: self.output.clone(),
+            max_lag: self.max_lag,
+            node_name: self.node_name.clone(),
+            host_addresses: self.host_addresses.clone(),
+            poll_interval: self.poll_interval,
+            summary_interval: self.summary_interval,
+        })
     }
 }
 
@@ -237,6 +336,32 @@ pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     match text.trim().trim_end_matches(['s', 'm']) {
         "0" => Ok(Duration::ZERO),
         _ => parse_duration(text),
+    }
+}
+
+/// `1048576`, `512KiB`, `1MiB`, `2GiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 65536, 512KiB or 1MiB"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    match n.checked_mul(factor) {
+        Some(0) => Err(format!("{text:?}: must be more than 0")),
+        Some(size) => Ok(size),
+        None => Err(format!("{text:?} is too large")),
     }
 }
 
@@ -290,12 +415,102 @@ mod tests {
             panic!("run expected");
         };
         let o = args.options();
-        assert!(matches!(o.source, Source::File(_)));
+        assert_eq!(o.source, Source::File("/s.yaml".into()));
         assert_eq!(o.exclude_uids, [1337, 0]);
         assert_eq!(o.exclude_mark, Some((0x100, 0xf00)));
         assert_eq!(o.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!(o.annotation, DEFAULT_ANNOTATION);
         assert_eq!(o.proxy_check_interval, Duration::from_secs(1));
+    }
+
+    fn collect(args: &[&str]) -> Result<Box<CollectArgs>, clap::Error> {
+        let mut argv = vec!["redirector", "collect"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Collect(args) => Ok(args),
+            other => panic!("collect expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn collect_defaults() {
+        let a = collect(&[]).unwrap();
+        assert_eq!(a.access_log, PathBuf::from(DEFAULT_ACCESS_LOG));
+        assert_eq!(a.max_lag, collector::follow::DEFAULT_MAX_LAG);
+        assert_eq!(a.poll_interval, Duration::from_millis(200));
+        let o = a.options().unwrap();
+        assert_eq!(o.source, Source::Kube(None));
+        assert_eq!(o.log_collection, LogCollection::default());
+    }
+
+    #[test]
+    fn collect_flags() {
+        let a = collect(&[
+            "--access-log",
+            "/tmp/a.log",
+            "--services-file",
+            "/s.yaml",
+            "--collect-logs",
+            "Enabled",
+            "--log-interval-seconds",
+            "1",
+            "--log-requests-per-interval",
+            "-1",
+            "--max-lag",
+            "64KiB",
+            "--host-addresses",
+            "10.0.0.1,fd00::1",
+            "--output",
+            "/tmp/out.jsonl",
+        ])
+        .unwrap();
+        let o = a.options().unwrap();
+        assert_eq!(o.source, Source::File("/s.yaml".into()));
+        assert_eq!(o.max_lag, 64 * 1024);
+        assert_eq!(o.host_addresses.len(), 2);
+        assert_eq!(o.log_collection.interval(), Duration::from_secs(1));
+        assert_eq!(
+            o.log_collection.requests_per_interval,
+            RequestLimit::Unlimited
+        );
+        let a = collect(&["--log-requests-per-interval=1"]).unwrap();
+        assert_eq!(
+            a.log_collection()
+                .unwrap()
+                .requests_per_interval
+                .max_records(),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn invalid_collect_flags_are_rejected_clearly() {
+        for bad in [
+            &["--log-interval-seconds", "0"][..],
+            &["--log-requests-per-interval", "0"],
+            &["--log-requests-per-interval", "-2"],
+            &["--collect-logs", "maybe"],
+            &["--max-lag", "1TB"],
+            &["--services-file", "a", "--kubeconfig", "b"],
+        ] {
+            let e = collect(bad).unwrap_err().to_string();
+            assert!(e.contains("error"), "{bad:?}: {e}");
+        }
+        let e = collect(&["--log-interval-seconds", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1MB").is_err());
+        assert!(parse_size("lots").is_err());
     }
 
     #[test]

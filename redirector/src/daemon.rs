@@ -12,7 +12,7 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,22 +27,15 @@ use crate::{
     cgroup::{cgroup_ref, cgroup2_mount},
     dataplane::{Dataplane, LoadOptions, warn_capacity_mismatch},
     health,
-    metrics::{self, Metrics},
+    k8s::{
+        sources::{self, Kinds, Source, SourceStats, kube::EventPublisher},
+        store::{Change, ObjectStore},
+    },
+    metrics::{self, KernelCounters, Metrics},
     proxy_config::ProxySettings,
     reconcile::Reconciler,
     selection::{self, Finding},
-    sources::{self, kube::EventPublisher},
-    store::{Change, ObjectStore},
 };
-
-/// Where Services come from.
-#[derive(Clone, Debug)]
-pub enum Source {
-    /// A file of manifests, followed.
-    File(PathBuf),
-    /// The Kubernetes API: this kubeconfig, or in-cluster / `$KUBECONFIG` when `None`.
-    Kube(Option<PathBuf>),
-}
 
 /// Everything `redirector run` was asked.
 #[derive(Clone, Debug)]
@@ -103,22 +96,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
-    let metrics = Arc::new(Metrics::default());
+    let source_stats = Arc::new(SourceStats::default());
+    let metrics = Arc::new(Metrics::new(Arc::clone(&source_stats)));
     // Sources next: a services file that does not parse must stop us before we attach.
-    let (events, _source_tasks) = match &opts.source {
-        Source::File(path) => {
-            let task = sources::file::start(path.clone(), tx.clone(), Arc::clone(&metrics))?;
-            (None, vec![task])
-        }
-        Source::Kube(kubeconfig) => {
-            let client = sources::kube::client(kubeconfig.as_deref())
-                .await
-                .context("cannot configure the Kubernetes client (use --kubeconfig, $KUBECONFIG, or run in a cluster; or --services-file to run without one)")?;
-            let tasks = sources::kube::start(client.clone(), tx.clone(), Arc::clone(&metrics));
-            (Some(EventPublisher::new(client)), tasks)
-        }
-    };
-    drop(tx);
+    let started = sources::start(&opts.source, Kinds::DAEMON, tx, source_stats).await?;
+    let events = started.client.map(EventPublisher::new);
+    let _source_tasks = started.tasks;
 
     let load = LoadOptions {
         pin_dir: opts.pin_dir.clone(),
@@ -152,11 +135,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Arc::clone(&metrics),
     );
     let _metrics_server = match metrics_listener {
-        Some(listener) => Some(metrics::serve(
-            listener,
-            Arc::clone(&metrics),
-            Dataplane::open_pinned(&opts.pin_dir)?,
-        )),
+        Some(listener) => {
+            let pins = Mutex::new(Dataplane::open_pinned(&opts.pin_dir)?);
+            let kernel: KernelCounters = Arc::new(move || {
+                pins.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .counters()
+                    .map_err(|e| warn!(error = %e, "cannot read the kernel counters"))
+                    .ok()
+            });
+            Some(metrics::serve(listener, Arc::clone(&metrics), kernel))
+        }
         None => None,
     };
 

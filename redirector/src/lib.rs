@@ -1,20 +1,29 @@
 //! The redirector: selects Kubernetes Services for L7 logging and programs the kernel to steer
-//! new connections to them through the node proxy.
+//! new connections to them through the node proxy; and, beside the proxy, turns its access log
+//! into L7 records. `docs/design.md` describes the whole; this is where each part lives.
 //!
-//! - [`cli`]: the command line contract.
-//! - [`daemon`]: `redirector run`, wiring the pieces below together.
-//! - [`sources`]: where Services come from (Kubernetes API or a file), as [`store::Change`]s.
-//! - [`store`]: the Services and EndpointSlices currently known.
-//! - [`cgroup`]: finding and naming cgroup v2 directories.
-//! - [`fs_type`]: which file system a path is on (bpffs, cgroup2).
-//! - [`dataplane`]: the only module that touches aya: load, pin, attach, maps.
-//! - [`proxy_config`]: the pure translation of command-line choices into the kernel's `Config`.
-//! - [`selection`]: which destinations to steer, from Services and EndpointSlices (pure).
-//! - [`reconcile`]: the diff between desired and pinned, written to the maps.
+//! The command line and the two long-running commands:
+//! - [`cli`]: every subcommand's flags, turned into the options of the modules below.
+//! - [`daemon`]: `redirector run`, wiring the daemon's pieces together.
+//! - [`collector`]: `redirector collect`, Envoy's access log aggregated into L7 records. It
+//!   depends on [`k8s`] only.
+//!
+//! Kubernetes, with no kernel in sight:
+//! - [`k8s`]: the Service model (front ends, endpoints, the annotation), the object store, and
+//!   the sources (the API, or a file of manifests).
+//!
+//! The daemon's pure core, unit-tested without root:
+//! - [`selection`]: which destinations to steer.
+//! - [`reconcile`]: the diff between desired and pinned, written through a port.
+//! - [`proxy_config`]: the command line's proxy and exclusions as the kernel's `Config`.
+//!
+//! Around it:
+//! - [`dataplane`]: the only module that touches aya: load, pin, attach, read and write maps.
 //! - [`health`]: proxy readiness checks (fail-open when the proxy is down).
-//! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
+//! - [`metrics`]: the metrics registry, and the server of `/metrics`, `/healthz`, `/readyz`.
 //! - [`status`]: the `redirector status` report.
-//! - [`collector`]: `redirector collect`, Envoy's access log aggregated into L7 records.
+//! - [`cgroup`], [`fs_type`]: finding cgroup v2 directories; which file system a path is on.
+//! - [`telemetry`]: the process's own logs.
 
 pub mod cgroup;
 pub mod cli;
@@ -23,10 +32,10 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fs_type;
 pub mod health;
+pub mod k8s;
 pub mod metrics;
 pub mod proxy_config;
 pub mod reconcile;
 pub mod selection;
-pub mod sources;
 pub mod status;
-pub mod store;
+pub mod telemetry;

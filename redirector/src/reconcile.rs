@@ -2,17 +2,21 @@
 //! what is in the pinned maps; only the difference is written. The daemon is the maps' only
 //! writer, so after reading the pins once at start it keeps its own copy of what is there.
 //!
+//! The maps are behind the [`SelectionMaps`] port, with an error type of the implementation's
+//! own: the real one is the dataplane, the tests use [`MemoryMaps`]. A full map is not an error
+//! but an outcome: the entries that fit are written and [`Outcome::overflow`] counts the rest.
+//!
 //! Service ids are stable: a Service keeps the id the pinned `service_names` map gives it, so a
 //! restart rewrites nothing that is already right.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+};
 
 use redirector_common::{ServiceKey, ServiceName, ServiceValue};
 
-use crate::{
-    dataplane::DataplaneError,
-    selection::{Desired, ServiceRef},
-};
+use crate::{k8s::service::ServiceRef, selection::Desired};
 
 /// What the pinned maps hold: destinations and the names of their Services.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,20 +29,22 @@ pub struct Pinned {
 
 /// The maps reconcile writes. The real one is the dataplane; tests use [`MemoryMaps`].
 pub trait SelectionMaps {
+    /// Why a map operation failed.
+    type Error: std::error::Error + Send + Sync + 'static;
     /// Everything currently in the maps.
-    fn read(&self) -> Result<Pinned, DataplaneError>;
-    /// Writes destinations; on a full map writes what fits and returns
-    /// [`DataplaneError::MapFull`].
+    fn read(&self) -> Result<Pinned, Self::Error>;
+    /// Writes destinations. On a full map it writes what fits and returns how many entries
+    /// did not fit (0 when all did).
     fn insert_services(
         &mut self,
         entries: &[(ServiceKey, ServiceValue)],
-    ) -> Result<(), DataplaneError>;
-    /// Removes destinations.
-    fn remove_services(&mut self, keys: &[ServiceKey]) -> Result<(), DataplaneError>;
+    ) -> Result<usize, Self::Error>;
+    /// Removes destinations; ones already absent are fine.
+    fn remove_services(&mut self, keys: &[ServiceKey]) -> Result<(), Self::Error>;
     /// Writes Service names.
-    fn set_service_names(&mut self, names: &[(u32, ServiceName)]) -> Result<(), DataplaneError>;
-    /// Removes Service names.
-    fn remove_service_names(&mut self, ids: &[u32]) -> Result<(), DataplaneError>;
+    fn set_service_names(&mut self, names: &[(u32, ServiceName)]) -> Result<(), Self::Error>;
+    /// Removes Service names; ones already absent are fine.
+    fn remove_service_names(&mut self, ids: &[u32]) -> Result<(), Self::Error>;
 }
 
 /// The writes that turn `current` into `desired`.
@@ -140,7 +146,7 @@ pub struct Reconciler<M> {
 
 impl<M: SelectionMaps> Reconciler<M> {
     /// Reads what is pinned: the starting point of every diff.
-    pub fn new(maps: M) -> Result<Self, DataplaneError> {
+    pub fn new(maps: M) -> Result<Self, M::Error> {
         let current = maps.read()?;
         Ok(Self { maps, current })
     }
@@ -158,7 +164,7 @@ impl<M: SelectionMaps> Reconciler<M> {
     /// Makes the maps hold `desired`, writing only the difference. Removals go first so a
     /// full map has room for new entries; on overflow the entries that fit stay correct and
     /// [`Outcome::overflow`] counts the rest.
-    pub fn reconcile(&mut self, desired: &Desired) -> Result<Outcome, DataplaneError> {
+    pub fn reconcile(&mut self, desired: &Desired) -> Result<Outcome, M::Error> {
         let plan = plan(&self.current, desired);
         let mut outcome = Outcome {
             services: desired.services().len(),
@@ -176,19 +182,15 @@ impl<M: SelectionMaps> Reconciler<M> {
             outcome.removed = plan.remove.len();
         }
         if !plan.insert.is_empty() {
-            match self.maps.insert_services(&plan.insert) {
-                Ok(()) => {
-                    self.current.services.extend(plan.insert.iter().copied());
-                    outcome.inserted = plan.insert.len();
-                }
-                Err(DataplaneError::MapFull { rejected, .. }) => {
-                    // Which ones fit is the map's business; read back what is there.
-                    self.current = self.maps.read()?;
-                    outcome.inserted = plan.insert.len() - rejected;
-                    outcome.overflow = rejected;
-                }
-                Err(e) => return Err(e),
+            let rejected = self.maps.insert_services(&plan.insert)?;
+            if rejected == 0 {
+                self.current.services.extend(plan.insert.iter().copied());
+            } else {
+                // Which ones fit is the map's business; read back what is there.
+                self.current = self.maps.read()?;
             }
+            outcome.inserted = plan.insert.len() - rejected;
+            outcome.overflow = rejected;
         }
         if !plan.names_remove.is_empty() {
             self.maps.remove_service_names(&plan.names_remove)?;
@@ -223,14 +225,16 @@ impl MemoryMaps {
 }
 
 impl SelectionMaps for MemoryMaps {
-    fn read(&self) -> Result<Pinned, DataplaneError> {
+    type Error = Infallible;
+
+    fn read(&self) -> Result<Pinned, Infallible> {
         Ok(self.pinned.clone())
     }
 
     fn insert_services(
         &mut self,
         entries: &[(ServiceKey, ServiceValue)],
-    ) -> Result<(), DataplaneError> {
+    ) -> Result<usize, Infallible> {
         let mut rejected = 0;
         for (k, v) in entries {
             if !self.pinned.services.contains_key(k) && self.pinned.services.len() >= self.capacity
@@ -241,17 +245,10 @@ impl SelectionMaps for MemoryMaps {
             self.pinned.services.insert(*k, *v);
             self.writes += 1;
         }
-        if rejected > 0 {
-            return Err(DataplaneError::MapFull {
-                map: "services",
-                capacity: self.capacity as u32,
-                rejected,
-            });
-        }
-        Ok(())
+        Ok(rejected)
     }
 
-    fn remove_services(&mut self, keys: &[ServiceKey]) -> Result<(), DataplaneError> {
+    fn remove_services(&mut self, keys: &[ServiceKey]) -> Result<(), Infallible> {
         for k in keys {
             self.pinned.services.remove(k);
             self.writes += 1;
@@ -259,13 +256,13 @@ impl SelectionMaps for MemoryMaps {
         Ok(())
     }
 
-    fn set_service_names(&mut self, names: &[(u32, ServiceName)]) -> Result<(), DataplaneError> {
+    fn set_service_names(&mut self, names: &[(u32, ServiceName)]) -> Result<(), Infallible> {
         self.writes += names.len();
         self.pinned.names.extend(names.iter().copied());
         Ok(())
     }
 
-    fn remove_service_names(&mut self, ids: &[u32]) -> Result<(), DataplaneError> {
+    fn remove_service_names(&mut self, ids: &[u32]) -> Result<(), Infallible> {
         for id in ids {
             self.pinned.names.remove(id);
             self.writes += 1;
@@ -303,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn first_sync_writes_everything_then_nothing() -> Result<(), DataplaneError> {
+    fn first_sync_writes_everything_then_nothing() -> Result<(), Infallible> {
         let mut r = Reconciler::new(MemoryMaps::with_capacity(100))?;
         let o = r.reconcile(&two_services())?;
         assert_eq!((o.inserted, o.removed, o.entries, o.services), (3, 0, 3, 2));
@@ -319,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_adopts_the_pins_and_rewrites_nothing() -> Result<(), DataplaneError> {
+    fn a_restart_adopts_the_pins_and_rewrites_nothing() -> Result<(), Infallible> {
         let mut first = Reconciler::new(MemoryMaps::with_capacity(100))?;
         first.reconcile(&two_services())?;
         let mut pinned = first.maps_mut().clone();
@@ -333,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn deselection_removes_entries_and_name_and_keeps_other_ids() -> Result<(), DataplaneError> {
+    fn deselection_removes_entries_and_name_and_keeps_other_ids() -> Result<(), Infallible> {
         let mut r = Reconciler::new(MemoryMaps::with_capacity(100))?;
         r.reconcile(&two_services())?;
         let id_b = r.current().services[&ServiceKey::tcp_addr("10.96.0.2:80".parse().unwrap())];
@@ -371,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn overflow_keeps_what_fits_and_says_how_much_did_not() -> Result<(), DataplaneError> {
+    fn overflow_keeps_what_fits_and_says_how_much_did_not() -> Result<(), Infallible> {
         let mut r = Reconciler::new(MemoryMaps::with_capacity(2))?;
         let o = r.reconcile(&two_services())?;
         assert_eq!((o.entries, o.overflow), (2, 1));

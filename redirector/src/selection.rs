@@ -10,42 +10,13 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use redirector_common::ServiceKey;
 
-/// The default annotation key, as the reference product's users know it.
-pub const DEFAULT_ANNOTATION: &str = "projectcalico.org/l7-logging";
-
-/// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-/// A Service's namespace and name.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceRef {
-    /// The namespace.
-    pub namespace: String,
-    /// The name.
-    pub name: String,
-}
-
-impl fmt::Display for ServiceRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-impl ServiceRef {
-    /// The reference of a Service object.
-    pub fn of(svc: &Service) -> Self {
-        Self {
-            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-            name: svc.metadata.name.clone().unwrap_or_default(),
-        }
-    }
-}
+use crate::k8s::service::{self, ServiceRef, Verdict};
 
 /// Something about a Service the operator should hear about.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -115,32 +86,6 @@ impl fmt::Display for Finding {
     }
 }
 
-/// What the annotation says about a Service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// `true`.
-    Selected,
-    /// Absent or `false`.
-    NotSelected,
-    /// Anything else (reported).
-    Invalid,
-}
-
-/// Reads the annotation.
-pub fn verdict(svc: &Service, annotation: &str) -> Verdict {
-    match svc
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotation))
-        .map(String::as_str)
-    {
-        None | Some("false") => Verdict::NotSelected,
-        Some("true") => Verdict::Selected,
-        Some(_) => Verdict::Invalid,
-    }
-}
-
 /// The destinations to steer, each with the Service it belongs to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -162,22 +107,11 @@ pub fn desired<'a>(
     annotation: &str,
 ) -> (Desired, Vec<Finding>) {
     let mut findings = Vec::new();
-    // Slices by the Service they belong to.
     let mut slices_of: BTreeMap<ServiceRef, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
-        let Some(name) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let owner = ServiceRef {
-            namespace: slice.metadata.namespace.clone().unwrap_or_default(),
-            name: name.clone(),
-        };
-        slices_of.entry(owner).or_default().push(slice);
+        if let Some(owner) = ServiceRef::owner_of(slice) {
+            slices_of.entry(owner).or_default().push(slice);
+        }
     }
 
     // Sorted, so "first claim wins" is deterministic.
@@ -187,45 +121,39 @@ pub fn desired<'a>(
     let mut out = Desired::default();
     for svc in services {
         let service = ServiceRef::of(svc);
-        match verdict(svc, annotation) {
+        match service::verdict(svc, annotation) {
             Verdict::NotSelected => continue,
-            Verdict::Invalid => {
-                let value = svc
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(annotation))
-                    .cloned()
-                    .unwrap_or_default();
+            Verdict::Invalid(value) => {
                 findings.push(Finding::BadAnnotationValue { service, value });
                 continue;
             }
             Verdict::Selected => {}
         }
-        let spec = svc.spec.as_ref();
-        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        if service::is_external_name(svc) {
             findings.push(Finding::ExternalName { service });
             continue;
         }
         let mut mine: BTreeSet<SocketAddr> = BTreeSet::new();
-        let frontends = frontend_ips(svc);
-        for port in spec.and_then(|s| s.ports.as_ref()).into_iter().flatten() {
-            let protocol = port.protocol.as_deref().unwrap_or("TCP");
-            if protocol != "TCP" {
+        let frontends = service::frontend_ips(svc);
+        for port in service::ports(svc) {
+            if port.protocol != "TCP" {
                 findings.push(Finding::NonTcpPort {
                     service: service.clone(),
-                    port: port.port,
-                    protocol: protocol.to_string(),
+                    port: port.number,
+                    protocol: port.protocol.to_string(),
                 });
                 continue;
             }
-            let Ok(number) = u16::try_from(port.port) else {
-                continue;
-            };
+            let Some(number) = port.tcp() else { continue };
             mine.extend(frontends.iter().map(|ip| SocketAddr::new(*ip, number)));
         }
         for slice in slices_of.get(&service).into_iter().flatten() {
-            mine.extend(endpoint_destinations(slice));
+            mine.extend(
+                service::slice_endpoints(slice)
+                    .into_iter()
+                    .filter(|e| e.ready)
+                    .map(|e| SocketAddr::new(e.ip, e.port)),
+            );
         }
         for destination in mine {
             let key = ServiceKey::tcp_addr(destination);
@@ -244,75 +172,10 @@ pub fn desired<'a>(
     (out, findings)
 }
 
-/// ClusterIPs, external IPs and load-balancer IPs of a Service.
-fn frontend_ips(svc: &Service) -> BTreeSet<IpAddr> {
-    let mut ips = BTreeSet::new();
-    if let Some(spec) = &svc.spec {
-        let cluster = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter());
-        let external = spec.external_ips.iter().flatten();
-        // "None" (headless) and "" (unallocated) do not parse and are skipped.
-        ips.extend(
-            cluster
-                .chain(external)
-                .filter_map(|s| s.parse::<IpAddr>().ok()),
-        );
-    }
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
-    ips.extend(
-        ingress
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_deref())
-            .filter_map(|s| s.parse::<IpAddr>().ok()),
-    );
-    ips
-}
-
-/// Ready endpoint addresses × TCP ports of one slice.
-fn endpoint_destinations(slice: &EndpointSlice) -> Vec<SocketAddr> {
-    if slice.address_type == "FQDN" {
-        return Vec::new();
-    }
-    let ports: Vec<u16> = slice
-        .ports
-        .iter()
-        .flatten()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok()))
-        .collect();
-    let mut out = Vec::new();
-    for endpoint in &slice.endpoints {
-        // An unknown readiness counts as ready, as the EndpointSlice API asks consumers to.
-        let ready = endpoint
-            .conditions
-            .as_ref()
-            .and_then(|c| c.ready)
-            .unwrap_or(true);
-        if !ready {
-            continue;
-        }
-        for addr in endpoint
-            .addresses
-            .iter()
-            .filter_map(|a| a.parse::<IpAddr>().ok())
-        {
-            out.extend(ports.iter().map(|&p| SocketAddr::new(addr, p)));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::service::DEFAULT_ANNOTATION;
     use serde_json::json;
 
     fn svc(v: serde_json::Value) -> Service {

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use redirector_common::{Config, Counters, ServiceKey, ServiceName, ServiceValue};
-use serde::Serialize;
+use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
@@ -65,36 +65,18 @@ pub struct Destination {
     pub service_id: u32,
 }
 
-/// The kernel counters.
-#[derive(Debug, Serialize)]
-pub struct CounterReport {
-    /// TCP connects seen.
-    pub seen: u64,
-    /// Connects steered to the proxy.
-    pub redirected: u64,
-    /// Selected, but excluded (loop prevention).
-    pub skipped_excluded: u64,
-    /// Selected, but the proxy was not ready (fail-open).
-    pub skipped_proxy_not_ready: u64,
-    /// Selected, but the original destination could not be recorded.
-    pub skipped_record_failed: u64,
-    /// `SO_ORIGINAL_DST` answered.
-    pub orig_dst_found: u64,
-    /// `SO_ORIGINAL_DST` asked for a connection we did not redirect.
-    pub orig_dst_not_found: u64,
-}
+/// The kernel counters, shown and serialised field by field in the order of
+/// [`Counters::FIELDS`] (JSON: `{"seen": 7, "redirected": 3, ...}`).
+#[derive(Debug)]
+pub struct CounterReport(pub Counters);
 
-impl From<Counters> for CounterReport {
-    fn from(c: Counters) -> Self {
-        Self {
-            seen: c.seen,
-            redirected: c.redirected,
-            skipped_excluded: c.skipped_excluded,
-            skipped_proxy_not_ready: c.skipped_proxy_not_ready,
-            skipped_record_failed: c.skipped_record_failed,
-            orig_dst_found: c.orig_dst_found,
-            orig_dst_not_found: c.orig_dst_not_found,
+impl Serialize for CounterReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(Counters::FIELDS.len()))?;
+        for field in Counters::FIELDS {
+            map.serialize_entry(field.name, &(field.get)(&self.0))?;
         }
+        map.end()
     }
 }
 
@@ -162,7 +144,7 @@ pub fn build(
         capacity,
         destinations,
         tracked_connections,
-        counters: counters.into(),
+        counters: CounterReport(counters),
     }
 }
 
@@ -217,24 +199,21 @@ pub fn render_text(r: &StatusReport) -> String {
             );
         }
     }
-    let c = &r.counters;
     let _ = writeln!(
         out,
         "\ntracked proxied connections: {}",
         r.tracked_connections
     );
-    let _ = writeln!(
-        out,
-        "counters: seen {}  redirected {}  skipped: excluded {}, proxy not ready {}, record failed {}  \
-         original dst: found {}, not found {}",
-        c.seen,
-        c.redirected,
-        c.skipped_excluded,
-        c.skipped_proxy_not_ready,
-        c.skipped_record_failed,
-        c.orig_dst_found,
-        c.orig_dst_not_found
-    );
+    let _ = writeln!(out, "\ncounters (all CPUs, since the maps were created):");
+    for field in Counters::FIELDS {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>12}  {}",
+            field.name,
+            (field.get)(&r.counters.0),
+            field.help.trim()
+        );
+    }
     out
 }
 
@@ -295,7 +274,11 @@ mod tests {
         assert!(text.contains("uids [1337]"), "{text}");
         assert!(text.contains("selected destinations: 2 of 65536"), "{text}");
         assert!(text.contains("10.96.0.20:443"), "{text}");
-        assert!(text.contains("redirected 3"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().take(2).eq(["redirected", "3"])),
+            "{text}"
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["counters"]["seen"], 7);
         assert_eq!(json["destinations"][1]["service"], "shop/web");

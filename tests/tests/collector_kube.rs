@@ -1,5 +1,5 @@
 //! `redirector collect` in kube mode (`--kubeconfig`): the collector's real kube-rs watchers on
-//! Services, EndpointSlices and Pods talk to the API test server (`redirector_tests::kube_api`,
+//! Services, EndpointSlices and Pods talk to the API test server (`kube_fake`,
 //! a fixture), and synthetic lines in the format of `deploy/envoy.yaml`'s `json_format` are
 //! appended to the access log it follows, as Envoy would append them. The records must name
 //! request sources after the Pods the API serves, whether listed at start or seen later by the
@@ -17,8 +17,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use redirector_tests::{
-    kube_api::KubeApiServer,
+use kube_fake::KubeApiServer;
+use l7r_lab::{
     process::LoggedChild,
     sys::{TempFile, json_lines},
 };
@@ -127,7 +127,7 @@ impl Collector {
             // JSON, so waits match fields rather than text; debug for the sources, whose
             // "listed" lines say when each watcher has its first list.
             .args(["--log-format", "json"])
-            .env("RUST_LOG", "info,redirector::sources::kube=debug")
+            .env("RUST_LOG", "info,redirector::k8s::sources::kube=debug")
             .env_remove("KUBECONFIG");
         Ok(Self(LoggedChild::spawn_here(cmd, "collector")?))
     }

@@ -36,19 +36,20 @@ pub fn run(args: &[String]) -> Result<()> {
     // benchmark of debug builds would measure the wrong thing.
     build_ebpf::build_ebpf(true)?;
     let root = util::workspace_root();
-    // Only the two binaries the run uses: the package's other tools (the demo, ...) are not
-    // needed, and cannot then hold the benchmark up.
+    // Only the two binaries the run uses; `l7r-bench` finds the daemon beside itself.
     util::run(
         Command::new(util::cargo())
             .args([
                 "build",
                 "--release",
                 "-p",
-                "redirector-tests",
-                "--bin",
                 "l7r-bench",
                 "--bin",
-                "redirector-under-test",
+                "l7r-bench",
+                "-p",
+                "redirector",
+                "--bin",
+                "redirector",
             ])
             .current_dir(&root),
     )?;

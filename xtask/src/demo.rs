@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: builds everything, then runs the demo program
-//! (`tests/src/bin/l7r-demo.rs`), which builds a small lab on this machine and walks through the
+//! (`tests/lab/src/bin/l7r-demo.rs`), which builds a small lab on this machine and walks through the
 //! user guide's workflow with the real Envoy and the real daemon, then removes the lab.
 
 use std::process::Command;
@@ -29,7 +29,7 @@ pub fn run() -> Result<()> {
                 "-p",
                 "redirector",
                 "-p",
-                "redirector-tests",
+                "l7r-lab",
                 "--bins",
             ])
             .current_dir(&root),

@@ -1,4 +1,7 @@
 //! `cargo xtask test`: the one command CI runs, and what a developer runs before pushing.
+//!
+//! The root-free tests run first (they need nothing but cargo), then the privileged ones, one
+//! at a time: they need root, the kernel object and what `cargo xtask setup` installs.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,7 +23,8 @@ fn require_root() -> Result<()> {
     if !util::is_root() {
         bail!(
             "the privileged tests load eBPF programs, create network namespaces and mount \
-             bpffs, so they need root: run `sudo cargo xtask test`"
+             bpffs, so they need root: run `sudo cargo xtask test` (the root-free tests alone: \
+             `cargo test`)"
         );
     }
     Ok(())
@@ -39,8 +43,7 @@ fn setup_if_needed() -> Result<()> {
 /// `cargo xtask test`: runs the steps in order, stops at the first failure and names it.
 pub fn run() -> Result<()> {
     type Step = (&'static str, fn() -> Result<()>);
-    let steps: [Step; 7] = [
-        ("check root", require_root),
+    let steps: [Step; 6] = [
         ("setup", setup_if_needed),
         // Debug, because the daemon's build script embeds the object of its own profile and
         // the steps below build the daemon in debug.
@@ -63,25 +66,29 @@ pub fn run() -> Result<()> {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--all-features",
                 "--",
                 "-D",
                 "warnings",
             ]))
         }),
-        ("unit tests", || {
+        // Everything `cargo test` runs on any machine: unit tests and root-free integration
+        // tests, in parallel.
+        ("root-free tests", || {
+            util::run(&mut cargo(&["test", "--workspace"]))
+        }),
+        // One at a time: these tests share the host's bpffs, cgroup tree and ports. Built with
+        // the whole workspace selected, so dependencies keep the features of the step above
+        // and nothing is compiled twice.
+        ("privileged tests", || {
+            require_root()?;
             util::run(&mut cargo(&[
                 "test",
                 "--workspace",
-                "--exclude",
-                "redirector-tests",
-            ]))
-        }),
-        // One at a time: these tests share the host's bpffs pins, cgroups and netns names.
-        ("privileged tests", || {
-            util::run(&mut cargo(&[
-                "test",
-                "-p",
-                "redirector-tests",
+                "--features",
+                "redirector-tests/privileged",
+                "--test",
+                "privileged",
                 "--",
                 "--test-threads=1",
             ]))

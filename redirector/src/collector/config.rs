@@ -22,8 +22,9 @@
 
 use std::{fmt, num::NonZeroU32, time::Duration};
 
-use serde::Deserialize as _;
 use serde_json::Value;
+
+use crate::k8s::yaml;
 
 /// `logIntervalSeconds` when nothing says otherwise.
 pub const DEFAULT_INTERVAL_SECONDS: u32 = 5;
@@ -203,13 +204,13 @@ pub fn parse_request_limit(text: &str) -> Result<RequestLimit, ConfigError> {
 /// named `tigera-secure` is used.
 pub fn parse_application_layer(text: &str) -> Result<Settings, ConfigError> {
     let mut found = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(document).map_err(|e| {
-            ConfigError::Manifest(match e.location() {
-                Some(l) => format!("line {}, column {}: {e}", l.line(), l.column()),
-                None => format!("document {}: {e}", index + 1),
-            })
-        })?;
+    let documents = yaml::documents(text).map_err(|e| {
+        ConfigError::Manifest(match yaml::describe(&e) {
+            (message, Some((line, column))) => format!("line {line}, column {column}: {message}"),
+            (message, None) => message,
+        })
+    })?;
+    for value in documents {
         collect_application_layers(value, &mut found);
     }
     let chosen = match found.len() {

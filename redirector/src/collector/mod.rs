@@ -31,159 +31,59 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Write as _},
     net::IpAddr,
-    num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result};
-use clap::Args;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
-    task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
 use tracing::{debug, info, warn};
 
 use self::{
     aggregate::{Aggregator, Interval, Record},
-    config::{CollectLogs, LogCollection, RequestLimit, Settings},
+    config::{CollectLogs, LogCollection},
     follow::{FollowStats, Follower},
     names::NameIndex,
 };
-use crate::{
-    cli::{LogFormat, parse_duration},
-    daemon::Source,
-    metrics::Metrics,
-    sources,
+use crate::k8s::{
+    sources::{self, Kinds, Source, SourceStats},
     store::{Change, ObjectStore},
 };
 
 /// Where Envoy writes its access log in the deployment (`deploy/envoy.yaml`).
 pub const DEFAULT_ACCESS_LOG: &str = "/var/log/envoy/access.log";
 
-/// `redirector collect` flags.
-#[derive(Debug, Args)]
-pub struct CollectArgs {
-    /// Envoy's JSON access log, followed from its end (through rotation and truncation).
-    #[arg(long, default_value = DEFAULT_ACCESS_LOG, value_name = "PATH")]
+/// What `redirector collect` was asked (the command line is in [`crate::cli`]).
+#[derive(Clone, Debug)]
+pub struct CollectOptions {
+    /// Envoy's JSON access log, followed from its end.
     pub access_log: PathBuf,
-    /// Read Services, EndpointSlices and Pods from this YAML or JSON file instead of the
-    /// Kubernetes API, and follow it.
-    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
-    pub services_file: Option<PathBuf>,
-    /// Kubeconfig to reach the API with (default: in-cluster config, or $KUBECONFIG).
-    #[arg(long, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
-    /// A YAML file holding an `operator.tigera.io/v1` `ApplicationLayer` whose
-    /// `spec.logCollection` configures collection; the flags below override it.
-    #[arg(long, value_name = "FILE")]
-    pub application_layer: Option<PathBuf>,
-    /// `collectLogs`: Enabled, or Disabled to emit nothing [default: Enabled].
-    #[arg(long, value_name = "Enabled|Disabled", value_parser = config::parse_collect_logs)]
-    pub collect_logs: Option<CollectLogs>,
-    /// `logIntervalSeconds`: how often to emit the aggregated records, at least 1
-    /// [default: 5].
-    #[arg(long, value_name = "SECONDS", value_parser = config::parse_interval)]
-    pub log_interval_seconds: Option<NonZeroU32>,
-    /// `logRequestsPerInterval`: at most this many distinct records per interval, the rest
-    /// summed into one `unlogged` record; -1 for no cap [default: -1].
-    #[arg(
-        long,
-        value_name = "N",
-        allow_negative_numbers = true,
-        value_parser = config::parse_request_limit
-    )]
-    pub log_requests_per_interval: Option<RequestLimit>,
-    /// Append the records to this file instead of writing them to stdout.
-    #[arg(long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// When more than this much of the log is waiting to be read, skip to its newest lines
-    /// (and count what was skipped). Bytes, or with a KiB, MiB or GiB suffix.
-    #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = parse_size)]
-    pub max_lag: u64,
-    /// The records' `host` [default: $NODE_NAME, else the host name].
-    #[arg(long, value_name = "NAME")]
-    pub node_name: Option<String>,
-    /// More addresses that belong to this host (its own interfaces' are always included).
-    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
-    pub host_addresses: Vec<IpAddr>,
-    /// How often to look for new lines in the access log.
-    #[arg(long, default_value = "200ms", value_name = "DURATION", value_parser = parse_duration)]
-    pub poll_interval: Duration,
-    /// How often to log a summary of what was read, skipped and emitted.
-    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
-    pub summary_interval: Duration,
-    /// Log format (the collector's own logs, on stderr).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-impl CollectArgs {
     /// Where Services, EndpointSlices and Pods come from.
-    pub fn source(&self) -> Source {
-        match &self.services_file {
-            Some(path) => Source::File(path.clone()),
-            None => Source::Kube(self.kubeconfig.clone()),
-        }
-    }
-
-    /// The settings the flags give (unset ones are left to the file and the defaults).
-    pub fn flag_settings(&self) -> Settings {
-        Settings {
-            collect_logs: self.collect_logs,
-            interval_seconds: self.log_interval_seconds,
-            requests_per_interval: self.log_requests_per_interval,
-        }
-    }
-
-    /// The settings in force: flags, then `--application-layer`, then defaults.
-    pub fn log_collection(&self) -> Result<LogCollection> {
-        let file = match &self.application_layer {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                Some(config::parse_application_layer(&text).with_context(|| {
-                    format!("{} is not a usable ApplicationLayer", path.display())
-                })?)
-            }
-            None => None,
-        };
-        Ok(config::resolve(self.flag_settings(), file))
-    }
-}
-
-/// `1048576`, `512KiB`, `1MiB`, `2GiB`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 65536, 512KiB or 1MiB"))?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use KiB, MiB or GiB)"
-            ));
-        }
-    };
-    match n.checked_mul(factor) {
-        Some(0) => Err(format!("{text:?}: must be more than 0")),
-        Some(size) => Ok(size),
-        None => Err(format!("{text:?} is too large")),
-    }
+    pub source: Source,
+    /// The settings in force (flags over `--application-layer` over defaults).
+    pub log_collection: LogCollection,
+    /// Append the records here instead of writing them to stdout.
+    pub output: Option<PathBuf>,
+    /// Skip ahead when more than this many bytes are waiting to be read.
+    pub max_lag: u64,
+    /// The records' `host`; `None`: `$NODE_NAME`, else the host name.
+    pub node_name: Option<String>,
+    /// More addresses that belong to this host.
+    pub host_addresses: Vec<IpAddr>,
+    /// How often to look for new lines.
+    pub poll_interval: Duration,
+    /// How often to log a summary.
+    pub summary_interval: Duration,
 }
 
 /// Runs the collector until SIGTERM or SIGINT.
-pub async fn run(args: CollectArgs) -> Result<()> {
-    let config = args.log_collection()?;
+pub async fn run(opts: CollectOptions) -> Result<()> {
+    let config = opts.log_collection;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     if config.collect_logs == CollectLogs::Disabled {
@@ -196,23 +96,27 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         return Ok(());
     }
 
-    let host = args.node_name.clone().unwrap_or_else(host::node_name);
+    let host = opts.node_name.clone().unwrap_or_else(host::node_name);
     let mut host_addresses = host::own_addresses().unwrap_or_else(|e| {
         warn!(error = %e, "cannot list this host's addresses; only --host-addresses count as the host's");
         Vec::new()
     });
-    host_addresses.extend(&args.host_addresses);
-    let mut output = Output::open(args.output.as_deref())?;
+    host_addresses.extend(&opts.host_addresses);
+    let mut output = Output::open(opts.output.as_deref())?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
-    // The sources count their events here; the collector serves no metrics (yet).
-    let metrics = Arc::new(Metrics::default());
-    let _sources = start_sources(&args.source(), tx, &metrics).await?;
+    let _sources = sources::start(
+        &opts.source,
+        Kinds::COLLECTOR,
+        tx,
+        Arc::new(SourceStats::default()),
+    )
+    .await?;
 
-    let mut follower = Follower::open_at_end(&args.access_log, args.max_lag)
-        .with_context(|| format!("cannot open the access log {}", args.access_log.display()))?;
+    let mut follower = Follower::open_at_end(&opts.access_log, opts.max_lag)
+        .with_context(|| format!("cannot open the access log {}", opts.access_log.display()))?;
     info!(
-        access_log = %args.access_log.display(),
+        access_log = %opts.access_log.display(),
         offset = ?follower.offset(),
         interval_seconds = config.interval_seconds.get(),
         requests_per_interval = %config.requests_per_interval,
@@ -221,13 +125,13 @@ pub async fn run(args: CollectArgs) -> Result<()> {
     );
 
     let mut collector = Collector::new(&config, host, host_addresses);
-    let mut poll = tokio::time::interval(args.poll_interval);
+    let mut poll = tokio::time::interval(opts.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval_at(Instant::now() + config.interval(), config.interval());
     flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut summary = tokio::time::interval_at(
-        Instant::now() + args.summary_interval,
-        args.summary_interval,
+        Instant::now() + opts.summary_interval,
+        opts.summary_interval,
     );
     summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sources_open = true;
@@ -266,32 +170,9 @@ pub async fn run(args: CollectArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts the configured source with Pods.
-async fn start_sources(
-    source: &Source,
-    tx: mpsc::UnboundedSender<Change>,
-    metrics: &Arc<Metrics>,
-) -> Result<Vec<JoinHandle<()>>> {
-    Ok(match source {
-        Source::File(path) => vec![sources::file::start_with_pods(
-            path.clone(),
-            tx,
-            Arc::clone(metrics),
-        )?],
-        Source::Kube(kubeconfig) => {
-            let client = sources::kube::client(kubeconfig.as_deref())
-                .await
-                .context("cannot configure the Kubernetes client (use --kubeconfig, $KUBECONFIG, or run in a cluster; or --services-file to run without one)")?;
-            let mut tasks = sources::kube::start(client.clone(), tx.clone(), Arc::clone(metrics));
-            tasks.push(sources::kube::start_pods(client, tx, Arc::clone(metrics)));
-            tasks
-        }
-    })
-}
-
 /// Counts for the periodic summary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counters {
+struct Tally {
     follow: FollowStats,
     unparsable: u64,
     requests: u64,
@@ -307,8 +188,8 @@ struct Collector {
     host_addresses: Vec<IpAddr>,
     aggregator: Aggregator,
     interval_start: u64,
-    counters: Counters,
-    reported: Counters,
+    counters: Tally,
+    reported: Tally,
     last_read_error: Option<String>,
     lines: Vec<String>,
 }
@@ -323,8 +204,8 @@ impl Collector {
             host_addresses,
             aggregator: Aggregator::new(config.requests_per_interval.max_records()),
             interval_start: unix_now(),
-            counters: Counters::default(),
-            reported: Counters::default(),
+            counters: Tally::default(),
+            reported: Tally::default(),
             last_read_error: None,
             lines: Vec::new(),
         }
@@ -477,94 +358,6 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
-    use clap::Parser as _;
-
-    fn collect(args: &[&str]) -> Result<Box<CollectArgs>, clap::Error> {
-        let mut argv = vec!["redirector", "collect"];
-        argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv)?.command {
-            Command::Collect(args) => Ok(args),
-            other => panic!("collect expected, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults() {
-        let a = collect(&[]).unwrap();
-        assert_eq!(a.access_log, PathBuf::from(DEFAULT_ACCESS_LOG));
-        assert_eq!(a.max_lag, follow::DEFAULT_MAX_LAG);
-        assert_eq!(a.poll_interval, Duration::from_millis(200));
-        assert!(matches!(a.source(), Source::Kube(None)));
-        assert_eq!(a.log_collection().unwrap(), LogCollection::default());
-    }
-
-    #[test]
-    fn flags() {
-        let a = collect(&[
-            "--access-log",
-            "/tmp/a.log",
-            "--services-file",
-            "/s.yaml",
-            "--collect-logs",
-            "Enabled",
-            "--log-interval-seconds",
-            "1",
-            "--log-requests-per-interval",
-            "-1",
-            "--max-lag",
-            "64KiB",
-            "--host-addresses",
-            "10.0.0.1,fd00::1",
-            "--output",
-            "/tmp/out.jsonl",
-        ])
-        .unwrap();
-        assert!(matches!(a.source(), Source::File(_)));
-        assert_eq!(a.max_lag, 64 * 1024);
-        assert_eq!(a.host_addresses.len(), 2);
-        let c = a.log_collection().unwrap();
-        assert_eq!(c.interval(), Duration::from_secs(1));
-        assert_eq!(c.requests_per_interval, RequestLimit::Unlimited);
-        let a = collect(&["--log-requests-per-interval=1"]).unwrap();
-        assert_eq!(
-            a.log_collection()
-                .unwrap()
-                .requests_per_interval
-                .max_records(),
-            Some(1)
-        );
-    }
-
-    #[test]
-    fn invalid_flags_are_rejected_clearly() {
-        for bad in [
-            &["--log-interval-seconds", "0"][..],
-            &["--log-requests-per-interval", "0"],
-            &["--log-requests-per-interval", "-2"],
-            &["--collect-logs", "maybe"],
-            &["--max-lag", "1TB"],
-            &["--services-file", "a", "--kubeconfig", "b"],
-        ] {
-            let e = collect(bad).unwrap_err().to_string();
-            assert!(e.contains("error"), "{bad:?}: {e}");
-        }
-        let e = collect(&["--log-interval-seconds", "0"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("at least 1"), "{e}");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_size("100"), Ok(100));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("1MB").is_err());
-        assert!(parse_size("lots").is_err());
-    }
 
     #[test]
     fn the_interval_ends_where_the_next_begins() {

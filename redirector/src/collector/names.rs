@@ -41,15 +41,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use k8s_openapi::api::{
-    core::v1::{Pod, Service},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+
+use crate::k8s::{
+    service::{self, ServiceRef},
+    store::ObjectStore,
 };
 
-use crate::store::ObjectStore;
-
-/// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// A value that is not known or does not apply.
 const NONE: &str = "-";
 
@@ -77,7 +75,7 @@ impl EndpointType {
 
 /// One end of a request, named.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Endpoint {
+pub struct EndpointName {
     /// `*_name_aggr`.
     pub name_aggr: String,
     /// `*_namespace`.
@@ -86,7 +84,7 @@ pub struct Endpoint {
     pub kind: EndpointType,
 }
 
-impl Endpoint {
+impl EndpointName {
     /// Nothing known: `-` everywhere.
     pub fn unknown() -> Self {
         Self {
@@ -105,13 +103,11 @@ impl Endpoint {
     }
 }
 
-/// The Service a destination belongs to.
+/// The Service a destination belongs to, and which of its ports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceRef {
-    /// Its name.
-    pub name: String,
-    /// Its namespace.
-    pub namespace: String,
+pub struct ServicePort {
+    /// The Service.
+    pub service: ServiceRef,
     /// The Service port (not the endpoint's target port).
     pub port: u16,
 }
@@ -120,21 +116,21 @@ pub struct ServiceRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Destination {
     /// The endpoint.
-    pub endpoint: Endpoint,
+    pub endpoint: EndpointName,
     /// The Service, if the original destination is one of a Service's addresses.
-    pub service: Option<ServiceRef>,
+    pub service: Option<ServicePort>,
 }
 
 /// Lookups from addresses to names, built from one state of the store.
 #[derive(Debug, Default)]
 pub struct NameIndex {
-    pods: HashMap<IpAddr, Endpoint>,
+    pods: HashMap<IpAddr, EndpointName>,
     host: HashSet<IpAddr>,
     /// Service front ends (ClusterIP and the like, with the Service port) → the Service and
     /// the endpoint standing for its backends.
-    frontends: HashMap<(IpAddr, u16), (ServiceRef, Endpoint)>,
+    frontends: HashMap<(IpAddr, u16), (ServicePort, EndpointName)>,
     /// Endpoint addresses and ports of EndpointSlices → their Service.
-    endpoints: HashMap<(IpAddr, u16), ServiceRef>,
+    endpoints: HashMap<(IpAddr, u16), ServicePort>,
 }
 
 impl NameIndex {
@@ -145,90 +141,49 @@ impl NameIndex {
             host: host_addresses.iter().map(|ip| ip.to_canonical()).collect(),
             ..Self::default()
         };
-        let mut backends: HashMap<(&str, &str), Vec<Endpoint>> = HashMap::new();
+        let mut backends: HashMap<ServiceRef, Vec<EndpointName>> = HashMap::new();
         for slice in store.slices() {
-            let Some((namespace, service_name)) = slice_service(slice) else {
+            let Some(owner) = ServiceRef::owner_of(slice) else {
                 continue;
             };
-            let service = store.service(namespace, service_name);
-            for endpoint in &slice.endpoints {
+            let service = store.service(&owner.namespace, &owner.name);
+            for endpoint in service::slice_endpoints(slice) {
+                let port = service
+                    .and_then(|s| service::tcp_port_named(s, endpoint.port_name))
+                    .unwrap_or(endpoint.port);
+                index.endpoints.insert(
+                    (endpoint.ip, endpoint.port),
+                    ServicePort {
+                        service: owner.clone(),
+                        port,
+                    },
+                );
                 // Only endpoints known not to be ready are left out of the backends.
-                let ready = endpoint
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
-                for address in &endpoint.addresses {
-                    let Ok(ip) = address.parse::<IpAddr>() else {
-                        continue;
-                    };
-                    let ip = ip.to_canonical();
-                    for port in slice.ports.iter().flatten() {
-                        let tcp = port.protocol.as_deref().is_none_or(|p| p == "TCP");
-                        let Some(number) = port.port.and_then(|p| u16::try_from(p).ok()) else {
-                            continue;
-                        };
-                        if !tcp {
-                            continue;
-                        }
-                        let service_port = service
-                            .and_then(|s| service_port_named(s, port.name.as_deref()))
-                            .unwrap_or(number);
-                        index.endpoints.insert(
-                            (ip, number),
-                            ServiceRef {
-                                name: service_name.to_string(),
-                                namespace: namespace.to_string(),
-                                port: service_port,
-                            },
-                        );
-                    }
-                    if ready {
-                        let named = pods
-                            .get(&ip)
-                            .cloned()
-                            .or_else(|| target_pod(store, endpoint.target_ref.as_ref()))
-                            .unwrap_or_else(|| index.endpoint_of(ip, &pods));
-                        backends
-                            .entry((namespace, service_name))
-                            .or_default()
-                            .push(named);
-                    }
+                if endpoint.ready {
+                    let named = pods
+                        .get(&endpoint.ip)
+                        .cloned()
+                        .or_else(|| target_pod(store, endpoint.target))
+                        .unwrap_or_else(|| index.endpoint_of(endpoint.ip, &pods));
+                    backends.entry(owner.clone()).or_default().push(named);
                 }
             }
         }
-        for service in store.services() {
-            let (Some(namespace), Some(name)) = (
-                service.metadata.namespace.as_deref(),
-                service.metadata.name.as_deref(),
-            ) else {
-                continue;
-            };
-            let Some(spec) = &service.spec else { continue };
-            if spec.type_.as_deref() == Some("ExternalName") {
+        for svc in store.services() {
+            if service::is_external_name(svc) {
                 continue;
             }
-            let endpoint = backend_endpoint(
-                namespace,
-                name,
-                backends.get(&(namespace, name)).map(Vec::as_slice),
-            );
-            for ip in frontend_addresses(service) {
-                for port in spec.ports.iter().flatten() {
-                    let tcp = port.protocol.as_deref().is_none_or(|p| p == "TCP");
-                    let Ok(number) = u16::try_from(port.port) else {
-                        continue;
-                    };
-                    if !tcp {
-                        continue;
-                    }
+            let owner = ServiceRef::of(svc);
+            let endpoint = backend_endpoint(&owner, backends.get(&owner).map(Vec::as_slice));
+            let ports: Vec<u16> = service::ports(svc).filter_map(|p| p.tcp()).collect();
+            for ip in service::frontend_ips(svc) {
+                for &port in &ports {
                     index.frontends.insert(
-                        (ip, number),
+                        (ip, port),
                         (
-                            ServiceRef {
-                                name: name.to_string(),
-                                namespace: namespace.to_string(),
-                                port: number,
+                            ServicePort {
+                                service: owner.clone(),
+                                port,
                             },
                             endpoint.clone(),
                         ),
@@ -241,22 +196,22 @@ impl NameIndex {
     }
 
     /// The endpoint an address names.
-    fn endpoint_of(&self, ip: IpAddr, pods: &HashMap<IpAddr, Endpoint>) -> Endpoint {
+    fn endpoint_of(&self, ip: IpAddr, pods: &HashMap<IpAddr, EndpointName>) -> EndpointName {
         let ip = ip.to_canonical();
         if let Some(pod) = pods.get(&ip) {
             pod.clone()
         } else if self.host.contains(&ip) {
-            Endpoint::network(ip)
+            EndpointName::network(ip)
         } else {
-            Endpoint::unknown()
+            EndpointName::unknown()
         }
     }
 
     /// The source of a request (Envoy's `downstream_remote_address`).
-    pub fn source(&self, ip: Option<IpAddr>) -> Endpoint {
+    pub fn source(&self, ip: Option<IpAddr>) -> EndpointName {
         match ip {
             Some(ip) => self.endpoint_of(ip, &self.pods),
-            None => Endpoint::unknown(),
+            None => EndpointName::unknown(),
         }
     }
 
@@ -265,7 +220,7 @@ impl NameIndex {
     pub fn destination(&self, original: Option<SocketAddr>) -> Destination {
         let Some(original) = original else {
             return Destination {
-                endpoint: Endpoint::unknown(),
+                endpoint: EndpointName::unknown(),
                 service: None,
             };
         };
@@ -279,8 +234,8 @@ impl NameIndex {
         let service = self.endpoints.get(&at).cloned();
         let mut endpoint = self.endpoint_of(at.0, &self.pods);
         if let (EndpointType::Unknown, Some(s)) = (endpoint.kind, &service) {
-            endpoint.name_aggr = s.name.clone();
-            endpoint.namespace = s.namespace.clone();
+            endpoint.name_aggr = s.service.name.clone();
+            endpoint.namespace = s.service.namespace.clone();
         }
         Destination { endpoint, service }
     }
@@ -318,8 +273,8 @@ pub fn is_private(ip: IpAddr) -> bool {
 
 /// Pods by address: running workloads only (host-networked Pods share the node's address, and
 /// finished Pods' addresses may already be someone else's).
-fn index_pods<'a>(pods: impl Iterator<Item = &'a Pod>) -> HashMap<IpAddr, Endpoint> {
-    let mut by_ip: HashMap<IpAddr, (Endpoint, bool)> = HashMap::new();
+fn index_pods<'a>(pods: impl Iterator<Item = &'a Pod>) -> HashMap<IpAddr, EndpointName> {
+    let mut by_ip: HashMap<IpAddr, (EndpointName, bool)> = HashMap::new();
     for pod in pods {
         if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
             continue;
@@ -330,7 +285,7 @@ fn index_pods<'a>(pods: impl Iterator<Item = &'a Pod>) -> HashMap<IpAddr, Endpoi
             continue;
         }
         let running = phase == Some("Running");
-        let endpoint = Endpoint {
+        let endpoint = EndpointName {
             name_aggr: aggregated_pod_name(pod),
             namespace: pod
                 .metadata
@@ -360,16 +315,13 @@ fn index_pods<'a>(pods: impl Iterator<Item = &'a Pod>) -> HashMap<IpAddr, Endpoi
 }
 
 /// The Pod an EndpointSlice endpoint refers to, named.
-fn target_pod(
-    store: &ObjectStore,
-    target: Option<&k8s_openapi::api::core::v1::ObjectReference>,
-) -> Option<Endpoint> {
+fn target_pod(store: &ObjectStore, target: Option<&ObjectReference>) -> Option<EndpointName> {
     let target = target?;
     if target.kind.as_deref() != Some("Pod") {
         return None;
     }
     let pod = store.pod(target.namespace.as_deref()?, target.name.as_deref()?)?;
-    Some(Endpoint {
+    Some(EndpointName {
         name_aggr: aggregated_pod_name(pod),
         namespace: pod.metadata.namespace.clone()?,
         kind: EndpointType::Wep,
@@ -377,18 +329,18 @@ fn target_pod(
 }
 
 /// The endpoint that stands for a Service's backends.
-fn backend_endpoint(namespace: &str, name: &str, backends: Option<&[Endpoint]>) -> Endpoint {
+fn backend_endpoint(service: &ServiceRef, backends: Option<&[EndpointName]>) -> EndpointName {
     let backends = backends.unwrap_or_default();
-    let distinct: HashSet<&Endpoint> = backends.iter().collect();
+    let distinct: HashSet<&EndpointName> = backends.iter().collect();
     if let [only] = distinct.into_iter().collect::<Vec<_>>()[..]
         && only.kind != EndpointType::Unknown
     {
         return only.clone();
     }
     let all_pods = !backends.is_empty() && backends.iter().all(|e| e.kind == EndpointType::Wep);
-    Endpoint {
-        name_aggr: name.to_string(),
-        namespace: namespace.to_string(),
+    EndpointName {
+        name_aggr: service.name.clone(),
+        namespace: service.namespace.clone(),
         kind: if all_pods {
             EndpointType::Wep
         } else {
@@ -397,62 +349,13 @@ fn backend_endpoint(namespace: &str, name: &str, backends: Option<&[Endpoint]>) 
     }
 }
 
-/// `(namespace, Service name)` of a slice.
-fn slice_service(slice: &EndpointSlice) -> Option<(&str, &str)> {
-    let namespace = slice.metadata.namespace.as_deref()?;
-    let name = slice
-        .metadata
-        .labels
-        .as_ref()?
-        .get(SERVICE_NAME_LABEL)?
-        .as_str();
-    Some((namespace, name))
-}
-
-/// The Service port whose name is `name` (an unnamed slice port matches an unnamed Service
-/// port).
-fn service_port_named(service: &Service, name: Option<&str>) -> Option<u16> {
-    let wanted = name.unwrap_or("");
-    service
-        .spec
-        .as_ref()?
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| p.name.as_deref().unwrap_or("") == wanted)
-        .and_then(|p| u16::try_from(p.port).ok())
-}
-
-/// Every address a Service is reached at before translation.
-fn frontend_addresses(service: &Service) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    if let Some(spec) = &service.spec {
-        let cluster_ips = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => ips.clone(),
-            _ => spec.cluster_ip.clone().into_iter().collect(),
-        };
-        out.extend(cluster_ips);
-        out.extend(spec.external_ips.iter().flatten().cloned());
-    }
-    if let Some(ingress) = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-    {
-        out.extend(ingress.iter().filter_map(|i| i.ip.clone()));
-    }
-    // "None" (headless) and anything else that is not an address parse to nothing.
-    out.iter()
-        .filter_map(|s| s.parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{sources::manifests, store::Change};
+    use crate::k8s::{
+        sources::{Kinds, manifests},
+        store::Change,
+    };
 
     const WORLD: &str = "\
 apiVersion: v1
@@ -525,7 +428,7 @@ status: {phase: Succeeded, podIP: 10.244.1.9}
     ];
 
     fn store(text: &str) -> ObjectStore {
-        let m = manifests::parse_with_pods(text).unwrap();
+        let m = manifests::parse(text, Kinds::COLLECTOR).unwrap();
         let mut store = ObjectStore::default();
         store.apply(Change::ServicesReset(m.services));
         store.apply(Change::SlicesReset(m.slices));
@@ -541,18 +444,20 @@ status: {phase: Succeeded, podIP: 10.244.1.9}
         Some(s.parse().unwrap())
     }
 
-    fn endpoint(name: &str, namespace: &str, kind: EndpointType) -> Endpoint {
-        Endpoint {
+    fn endpoint(name: &str, namespace: &str, kind: EndpointType) -> EndpointName {
+        EndpointName {
             name_aggr: name.into(),
             namespace: namespace.into(),
             kind,
         }
     }
 
-    fn web(port: u16) -> Option<ServiceRef> {
-        Some(ServiceRef {
-            name: "web".into(),
-            namespace: "shop".into(),
+    fn web(port: u16) -> Option<ServicePort> {
+        Some(ServicePort {
+            service: ServiceRef {
+                namespace: "shop".into(),
+                name: "web".into(),
+            },
             port,
         })
     }
@@ -589,11 +494,11 @@ status: {phase: Succeeded, podIP: 10.244.1.9}
         assert_eq!(index.source(ip("34.1.2.3")), endpoint("pub", "-", Net));
         assert_eq!(
             index.source(ip("10.244.1.9")),
-            Endpoint::unknown(),
+            EndpointName::unknown(),
             "a finished Pod"
         );
-        assert_eq!(index.source(ip("10.1.1.1")), Endpoint::unknown());
-        assert_eq!(index.source(None), Endpoint::unknown());
+        assert_eq!(index.source(ip("10.1.1.1")), EndpointName::unknown());
+        assert_eq!(index.source(None), EndpointName::unknown());
     }
 
     #[test]
@@ -611,7 +516,7 @@ status: {phase: Succeeded, podIP: 10.244.1.9}
         let other_port = index.destination(sa("10.96.0.10:53"));
         assert_eq!(
             (other_port.service, other_port.endpoint),
-            (None, Endpoint::unknown()),
+            (None, EndpointName::unknown()),
             "UDP port"
         );
     }
@@ -663,10 +568,10 @@ status: {phase: Succeeded, podIP: 10.244.1.9}
     fn unknown_destinations() {
         let index = NameIndex::build(&store(WORLD), &HOST);
         let d = index.destination(sa("10.1.2.3:443"));
-        assert_eq!((d.service, d.endpoint), (None, Endpoint::unknown()));
+        assert_eq!((d.service, d.endpoint), (None, EndpointName::unknown()));
         let d = index.destination(sa("192.168.0.10:9100"));
         assert_eq!(d.endpoint, endpoint("pvt", "-", EndpointType::Net));
-        assert_eq!(index.destination(None).endpoint, Endpoint::unknown());
+        assert_eq!(index.destination(None).endpoint, EndpointName::unknown());
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn request(entry: &Entry, names: &NameIndex) -> (Key, Measure) {
     let source = names.source(entry.source.map(|a| a.ip()));
     let destination = names.destination(entry.original_destination);
     let (service_name, service_namespace, service_port) = match destination.service {
-        Some(s) => (s.name, s.namespace, s.port),
+        Some(s) => (s.service.name, s.service.namespace, s.port),
         None => (NONE.to_string(), NONE.to_string(), 0),
     };
     let text = |v: &Option<String>| v.clone().unwrap_or_else(|| NONE.to_string());
@@ -86,8 +86,10 @@ mod tests {
     use super::*;
     use crate::{
         collector::parse::parse_line,
-        sources::manifests,
-        store::{Change, ObjectStore},
+        k8s::{
+            sources::{Kinds, manifests},
+            store::{Change, ObjectStore},
+        },
     };
 
     const SERVICES: &str = "\
@@ -121,7 +123,7 @@ status: {podIP: 10.77.2.2}
 ";
 
     fn names() -> NameIndex {
-        let m = manifests::parse_with_pods(SERVICES).unwrap();
+        let m = manifests::parse(SERVICES, Kinds::COLLECTOR).unwrap();
         let mut store = ObjectStore::default();
         store.apply(Change::ServicesReset(m.services));
         store.apply(Change::SlicesReset(m.slices));

@@ -13,18 +13,13 @@ use std::{
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
-/// `enum bpf_attach_type` values of our programs (uapi, stable).
-pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
-/// See [`BPF_CGROUP_SOCK_OPS`].
-pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
-/// See [`BPF_CGROUP_SOCK_OPS`].
-pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
-/// See [`BPF_CGROUP_SOCK_OPS`].
-pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
-/// See [`BPF_CGROUP_SOCK_OPS`].
-pub const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
-/// See [`BPF_CGROUP_SOCK_OPS`].
-pub const BPF_CGROUP_INET6_GETPEERNAME: u32 = 30;
+// `enum bpf_attach_type` values of our programs (uapi, stable).
+pub(super) const BPF_CGROUP_SOCK_OPS: u32 = 3;
+pub(super) const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+pub(super) const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+pub(super) const BPF_CGROUP_GETSOCKOPT: u32 = 21;
+pub(super) const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
+pub(super) const BPF_CGROUP_INET6_GETPEERNAME: u32 = 30;
 
 /// `union bpf_attr` is at most this big for the commands used; unused bytes must be zero.
 type BpfAttr = [u64; 16];
@@ -48,7 +43,7 @@ fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
 
 /// Attaches `prog` to the cgroup `cgroup` as a bpf_link (multi-attach: other programs on the
 /// cgroup, including a previous run's, keep running).
-pub fn link_create(
+pub(super) fn link_create(
     prog: BorrowedFd<'_>,
     cgroup: BorrowedFd<'_>,
     attach_type: u32,
@@ -63,7 +58,7 @@ pub fn link_create(
 }
 
 /// Pins the object `fd` (a link here) at `path` on bpffs.
-pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr: BpfAttr = [0; 16];

@@ -13,14 +13,14 @@
 use std::{
     fs,
     io::ErrorKind,
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
-    programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SockOps, links::PinnedLink},
+    programs::{CgroupSockAddr, CgroupSockopt, ProgramError, SockOps},
     sys::SyscallError,
     util::KernelVersion,
 };
@@ -31,128 +31,27 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{self, CgroupError},
-    fs_type,
     reconcile::{Pinned, SelectionMaps},
 };
 
+mod error;
 mod link;
+mod object;
+mod pins;
 
-/// The kernel object built by `cargo xtask build-ebpf`, embedded at build time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("REDIRECTOR_EBPF_OBJECT"));
+pub use self::{error::DataplaneError, pins::detach};
+use self::{
+    error::{Result, map_err, pin_err, prog_err},
+    object::EBPF_OBJECT,
+    pins::{check_pinned_layouts, prepare_pin_dir, replace_pinned_link},
+};
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/l7-redirector";
 
 /// Oldest kernel the programs are written for (bpf_link for cgroups, sk_storage in sock_addr
 /// programs, narrow `bpf_sock` loads).
-const MIN_KERNEL: (u8, u8) = (5, 10);
-
-/// Typed dataplane errors: each says what failed and, where there is one, the fix.
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    /// The running kernel is older than the programs need.
-    #[error("kernel {found} is too old: the redirector needs Linux {}.{} or newer", MIN_KERNEL.0, MIN_KERNEL.1)]
-    KernelTooOld {
-        /// The running kernel's version.
-        found: String,
-    },
-    /// The pin directory is not on a bpf file system.
-    #[error(
-        "{dir} is not on a bpf file system; mount one with `mount -t bpf bpf /sys/fs/bpf` \
-         or choose another --pin-dir"
-    )]
-    NoBpffs {
-        /// The pin directory asked for.
-        dir: PathBuf,
-    },
-    /// Nothing is pinned where a pinned dataplane was expected.
-    #[error("nothing is pinned under {dir}: is the redirector running with this --pin-dir?")]
-    NotPinned {
-        /// The pin directory asked for.
-        dir: PathBuf,
-    },
-    /// The cgroup to attach to is not usable.
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    /// A pinned map was made by an incompatible version.
-    #[error(
-        "the pinned map {path} has {what} {found}, this version needs {expected}; \
-         remove the old dataplane with `redirector detach` and start again"
-    )]
-    IncompatiblePin {
-        /// The pinned map.
-        path: PathBuf,
-        /// Which property differs.
-        what: &'static str,
-        /// What the pin has.
-        found: u32,
-        /// What this build needs.
-        expected: u32,
-    },
-    /// Loading the object (creating or opening maps, BTF) failed.
-    #[error("cannot load the kernel object: {0}")]
-    Load(#[source] Box<aya::EbpfError>),
-    /// A program failed to load (the verifier's log is in the source) or to attach.
-    #[error("program {program}: {source}")]
-    Program {
-        /// The program's name.
-        program: &'static str,
-        /// aya's error.
-        #[source]
-        source: Box<ProgramError>,
-    },
-    /// A map is full: the entries that fit were written, the rest were not.
-    #[error("map {map} is full ({capacity} entries); {rejected} entries did not fit")]
-    MapFull {
-        /// The map's name.
-        map: &'static str,
-        /// Its capacity.
-        capacity: u32,
-        /// How many entries of the batch were not written.
-        rejected: usize,
-    },
-    /// Any other map operation failed.
-    #[error("map {map}: {source}")]
-    Map {
-        /// The map's name.
-        map: &'static str,
-        /// aya's error.
-        #[source]
-        source: Box<MapError>,
-    },
-    /// Pinning, adopting or removing pins failed.
-    #[error("{what} {path}: {source}")]
-    Pin {
-        /// What was being done.
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-type Result<T, E = DataplaneError> = std::result::Result<T, E>;
-
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map {
-        map,
-        source: Box::new(source),
-    }
-}
-
-fn prog_err(program: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
-    move |source| DataplaneError::Program {
-        program,
-        source: Box::new(source),
-    }
-}
-
-fn pin_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataplaneError {
-    let path = path.to_path_buf();
-    move |source| DataplaneError::Pin { what, path, source }
-}
+pub(crate) const MIN_KERNEL: (u8, u8) = (5, 10);
 
 /// How to load the dataplane.
 #[derive(Clone, Debug)]
@@ -190,6 +89,7 @@ impl Dataplane {
     /// and opens the pinned maps, creating and pinning any that are missing. Existing maps are
     /// reused as they are, so selections and per-connection state survive a restart.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let object = EBPF_OBJECT.ok_or(DataplaneError::NoObject)?;
         check_kernel()?;
         let pin_dir = &opts.pin_dir;
         prepare_pin_dir(pin_dir)?;
@@ -205,7 +105,7 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
 
         for &name in &program_names::ALL {
@@ -332,9 +232,9 @@ impl Dataplane {
         self.services_capacity
     }
 
-    /// Writes a batch of selected destinations. On a full map the entries that fit are written
-    /// and [`DataplaneError::MapFull`] says how many did not.
-    pub fn insert_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
+    /// Writes a batch of selected destinations. On a full map the entries that fit are written,
+    /// and the number that did not is returned.
+    pub fn insert_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<usize> {
         let mut rejected = 0;
         for (key, value) in entries {
             match self.services.insert(key, value, 0) {
@@ -347,14 +247,7 @@ impl Dataplane {
                 Err(e) => return Err(map_err(map_names::SERVICES)(e)),
             }
         }
-        if rejected > 0 {
-            return Err(DataplaneError::MapFull {
-                map: map_names::SERVICES,
-                capacity: self.services_capacity,
-                rejected,
-            });
-        }
-        Ok(())
+        Ok(rejected)
     }
 
     /// Removes a batch of destinations; ones already absent are fine.
@@ -396,9 +289,10 @@ impl Dataplane {
             .counters
             .get(&0, 0)
             .map_err(map_err(map_names::COUNTERS))?;
-        Ok(per_cpu
-            .iter()
-            .fold(Counters::default(), |sum, c| sum.add(*c)))
+        Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
+            sum += c;
+            sum
+        }))
     }
 
     /// Redirected connections currently tracked (client → original destination).
@@ -411,6 +305,8 @@ impl Dataplane {
 }
 
 impl SelectionMaps for Dataplane {
+    type Error = DataplaneError;
+
     fn read(&self) -> Result<Pinned> {
         let names = self
             .service_names
@@ -423,7 +319,7 @@ impl SelectionMaps for Dataplane {
         })
     }
 
-    fn insert_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
+    fn insert_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<usize> {
         Dataplane::insert_services(self, entries)
     }
 
@@ -453,39 +349,6 @@ impl SelectionMaps for Dataplane {
     }
 }
 
-/// Removes every program and pin under `pin_dir`: a clean uninstall. Connections already
-/// proxied keep working (their sockets are connected to the proxy); new ones go direct.
-/// Returns whether there was anything to remove.
-pub fn detach(pin_dir: &Path) -> Result<bool> {
-    if !pin_dir.exists() {
-        return Ok(false);
-    }
-    let links_dir = pin_dir.join("links");
-    if links_dir.exists() {
-        let entries = fs::read_dir(&links_dir).map_err(pin_err("cannot list", &links_dir))?;
-        for entry in entries {
-            let path = entry.map_err(pin_err("cannot list", &links_dir))?.path();
-            // Unpinning drops the last reference, which detaches the program.
-            let link = PinnedLink::from_pin(&path)
-                .map_err(|e| pin_err("cannot open pinned link", &path)(std::io::Error::other(e)))?;
-            link.unpin().map_err(pin_err("cannot unpin", &path))?;
-            debug!(link = %path.display(), "detached");
-        }
-        fs::remove_dir(&links_dir).map_err(pin_err("cannot remove", &links_dir))?;
-    }
-    for name in map_names::ALL {
-        let path = pin_dir.join(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(pin_err("cannot unpin", &path)(e)),
-        }
-    }
-    fs::remove_dir(pin_dir).map_err(pin_err("cannot remove", pin_dir))?;
-    info!(pin_dir = %pin_dir.display(), "detached and unpinned");
-    Ok(true)
-}
-
 fn check_kernel() -> Result<()> {
     // Unreadable version: let the load itself say what is missing.
     let Ok(version) = KernelVersion::current() else {
@@ -495,88 +358,6 @@ fn check_kernel() -> Result<()> {
         return Err(DataplaneError::KernelTooOld {
             found: format!("{version:?}"),
         });
-    }
-    Ok(())
-}
-
-/// Creates the pin directory, which must live on a bpf file system.
-fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
-    // Check where the directory would be created before creating anything.
-    let existing = pin_dir
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
-    let magic = fs_type::magic(existing).map_err(pin_err("cannot stat", existing))?;
-    if magic != fs_type::BPF_FS_MAGIC {
-        return Err(DataplaneError::NoBpffs {
-            dir: pin_dir.to_path_buf(),
-        });
-    }
-    fs::create_dir_all(pin_dir).map_err(pin_err("cannot create", pin_dir))
-}
-
-/// Refuses to adopt pinned maps whose key or value layout differs from this build's: aya would
-/// reuse them blindly and the programs would read garbage.
-fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
-    use std::mem::size_of;
-    let expected: [(&'static str, u32, u32); 5] = [
-        (
-            map_names::SERVICES,
-            size_of::<ServiceKey>() as u32,
-            size_of::<ServiceValue>() as u32,
-        ),
-        (map_names::CONFIG, 4, size_of::<Config>() as u32),
-        (
-            map_names::ORIG_DST,
-            size_of::<Endpoint>() as u32,
-            size_of::<Endpoint>() as u32,
-        ),
-        (map_names::COUNTERS, 4, size_of::<Counters>() as u32),
-        (map_names::SERVICE_NAMES, 4, size_of::<ServiceName>() as u32),
-    ];
-    for (name, key_size, value_size) in expected {
-        let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
-        for (what, found, want) in [
-            ("key size", info.key_size(), key_size),
-            ("value size", info.value_size(), value_size),
-        ] {
-            if found != want {
-                return Err(DataplaneError::IncompatiblePin {
-                    path,
-                    what,
-                    found,
-                    expected: want,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Pins `link` at `links_dir/name`, replacing (and so releasing) a link pinned there before.
-fn replace_pinned_link(links_dir: &Path, name: &str, link: &OwnedFd) -> Result<()> {
-    let path = links_dir.join(name);
-    // bpffs refuses names with dots.
-    let staging = links_dir.join(format!("{name}_next"));
-    // A staging pin left by a crash between pin and rename would block the pin below.
-    match fs::remove_file(&staging) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(pin_err("cannot remove", &staging)(e)),
-    }
-    link::obj_pin(link.as_fd(), &staging).map_err(pin_err("cannot pin link", &staging))?;
-    let replaced = path.exists();
-    // rename(2) on bpffs swaps the pin atomically; the old link loses its last reference and
-    // is detached only now, after the new program is already attached.
-    fs::rename(&staging, &path).map_err(pin_err("cannot rename pin to", &path))?;
-    if replaced {
-        debug!(link = %path.display(), "replaced the previous run's link");
-    } else {
-        debug!(link = %path.display(), "pinned");
     }
     Ok(())
 }

@@ -1,0 +1,432 @@
+//! What a run measured: the raw samples (written as JSON under `target/bench/`), and the
+//! Markdown tables of medians and ratios to each group's baseline that are printed.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::{
+    client::Batch,
+    machine::Machine,
+    stats::{Align, Latency, Table, fmt_count, fmt_ms, fmt_ratio, fmt_us, median, ratio},
+};
+
+/// One alternative in one configuration: every sample it produced.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Series {
+    /// The configuration, shared by the alternatives compared with each other (`N = 1000`,
+    /// `node / rust`).
+    pub group: String,
+    /// What is measured (`none`, `redirector`, `iptables`, `nftables`).
+    pub alternative: String,
+    /// Whether this is the group's baseline, the denominator of the ratios.
+    pub baseline: bool,
+    /// Each connection's `connect()` in nanoseconds.
+    pub connect_ns: Vec<u64>,
+    /// Each connection from `connect()` to the complete answer, in nanoseconds.
+    pub exchange_ns: Vec<u64>,
+    /// Connections per second of each batch.
+    pub batch_rates: Vec<f64>,
+    /// Bytes per long stream (0: no streams measured).
+    pub stream_bytes: u64,
+    /// Duration of each long stream, in nanoseconds.
+    pub stream_ns: Vec<u64>,
+    /// Facts about the set-up (how long loading the rules took, ...).
+    pub notes: Vec<String>,
+}
+
+impl Series {
+    /// A series for `alternative` in `group`.
+    pub fn new(group: &str, alternative: &str, baseline: bool) -> Self {
+        Self {
+            group: group.to_string(),
+            alternative: alternative.to_string(),
+            baseline,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a batch's samples.
+    pub fn add(&mut self, batch: &Batch) {
+        self.connect_ns.extend_from_slice(&batch.connect_ns);
+        self.exchange_ns.extend_from_slice(&batch.exchange_ns);
+        self.batch_rates.push(batch.rate());
+    }
+
+    /// p50/p99 of `connect()`.
+    pub fn connect(&self) -> Option<Latency> {
+        Latency::of(&self.connect_ns)
+    }
+
+    /// p50/p99 of connect-to-answer.
+    pub fn exchange(&self) -> Option<Latency> {
+        Latency::of(&self.exchange_ns)
+    }
+
+    /// Median connections per second over the batches.
+    pub fn rate(&self) -> Option<f64> {
+        median(&self.batch_rates)
+    }
+
+    /// Median throughput of the long streams, in MiB/s.
+    pub fn stream_mib_s(&self) -> Option<f64> {
+        let rates: Vec<f64> = self
+            .stream_ns
+            .iter()
+            .map(|&ns| self.stream_bytes as f64 / (1 << 20) as f64 / (ns as f64 / 1e9))
+            .collect();
+        median(&rates)
+    }
+}
+
+/// One daemon run's memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct RssSample {
+    /// Services in the file (all selected).
+    pub services: usize,
+    /// Destinations they select (entries in the map).
+    pub destinations: usize,
+    /// Peak resident set size (`VmHWM`), KiB.
+    pub vm_hwm_kib: u64,
+    /// Resident set size once synced (`VmRSS`), KiB.
+    pub vm_rss_kib: u64,
+    /// From the daemon's start to all entries in the map, nanoseconds.
+    pub sync_ns: u64,
+}
+
+/// Scenario 3: the daemon's control plane in `--services-file` mode.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ControlResult {
+    /// Services selected while changes are measured.
+    pub services: usize,
+    /// Destinations those select.
+    pub destinations: usize,
+    /// Start-up syncs of `services`: from the daemon's start to all entries present, ns.
+    pub sync_ns: Vec<u64>,
+    /// From a Service being added to the file to its entry in the map, ns.
+    pub add_ns: Vec<u64>,
+    /// From a Service being removed from the file to its entry gone from the map, ns.
+    pub remove_ns: Vec<u64>,
+    /// Memory at each size asked.
+    pub rss: Vec<RssSample>,
+}
+
+/// Everything a run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Format version of this file.
+    pub version: u32,
+    /// Where it ran.
+    pub machine: Machine,
+    /// The `l7r-bench` command line.
+    pub args: Vec<String>,
+    /// Start, seconds since the epoch.
+    pub started_unix: u64,
+    /// How long the run took, seconds.
+    pub elapsed_s: f64,
+    /// Load averages (1, 5, 15 min) when the run started.
+    pub loadavg_start: String,
+    /// Load averages when it ended.
+    pub loadavg_end: String,
+    /// Scenario 1.
+    pub unselected: Vec<Series>,
+    /// Scenario 2.
+    pub selected: Vec<Series>,
+    /// Scenario 3.
+    pub control: Option<ControlResult>,
+    /// Alternatives or scenarios that were skipped, and why.
+    pub skipped: Vec<String>,
+    /// Scenarios that failed, with the error; the others still ran.
+    pub failures: Vec<String>,
+}
+
+/// The baseline of `series`' group.
+fn baseline<'a>(all: &'a [Series], series: &Series) -> Option<&'a Series> {
+    all.iter().find(|s| s.group == series.group && s.baseline)
+}
+
+fn p50(l: Option<Latency>) -> Option<f64> {
+    l.map(|l| l.p50 as f64)
+}
+
+fn p99(l: Option<Latency>) -> Option<f64> {
+    l.map(|l| l.p99 as f64)
+}
+
+/// Scenario 1's table: connect latency and rate per N, with ratios to no programs.
+pub fn unselected_table(series: &[Series]) -> Table {
+    let mut t = Table::new(&[
+        ("selected N", Align::Right),
+        ("alternative", Align::Left),
+        ("connect p50 µs", Align::Right),
+        ("connect p99 µs", Align::Right),
+        ("conn/s", Align::Right),
+        ("p50 ×", Align::Right),
+        ("p99 ×", Align::Right),
+        ("conn/s ×", Align::Right),
+    ]);
+    for s in series {
+        let base = baseline(series, s);
+        let (c, bc) = (s.connect(), base.and_then(Series::connect));
+        t.row(vec![
+            s.group.clone(),
+            s.alternative.clone(),
+            fmt_us(c.map(|l| l.p50)),
+            fmt_us(c.map(|l| l.p99)),
+            fmt_count(s.rate()),
+            fmt_ratio(ratio(p50(c), p50(bc))),
+            fmt_ratio(ratio(p99(c), p99(bc))),
+            fmt_ratio(ratio(s.rate(), base.and_then(Series::rate))),
+        ]);
+    }
+    t
+}
+
+/// Scenario 2's table: per placement and proxy, connect and request latency, rate and stream
+/// throughput, with ratios to the iptables baseline.
+pub fn selected_table(series: &[Series]) -> Table {
+    let mut t = Table::new(&[
+        ("placement / proxy", Align::Left),
+        ("steering", Align::Left),
+        ("connect p50 µs", Align::Right),
+        ("connect p99 µs", Align::Right),
+        ("request p50 µs", Align::Right),
+        ("request p99 µs", Align::Right),
+        ("conn/s", Align::Right),
+        ("stream MiB/s", Align::Right),
+        ("request p50 ×", Align::Right),
+        ("request p99 ×", Align::Right),
+        ("conn/s ×", Align::Right),
+        ("stream ×", Align::Right),
+    ]);
+    for s in series {
+        let base = baseline(series, s);
+        let (c, e) = (s.connect(), s.exchange());
+        let be = base.and_then(Series::exchange);
+        t.row(vec![
+            s.group.clone(),
+            s.alternative.clone(),
+            fmt_us(c.map(|l| l.p50)),
+            fmt_us(c.map(|l| l.p99)),
+            fmt_us(e.map(|l| l.p50)),
+            fmt_us(e.map(|l| l.p99)),
+            fmt_count(s.rate()),
+            fmt_count(s.stream_mib_s()),
+            fmt_ratio(ratio(p50(e), p50(be))),
+            fmt_ratio(ratio(p99(e), p99(be))),
+            fmt_ratio(ratio(s.rate(), base.and_then(Series::rate))),
+            fmt_ratio(ratio(s.stream_mib_s(), base.and_then(Series::stream_mib_s))),
+        ]);
+    }
+    t
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Scenario 3's table: each measurement next to its target.
+pub fn control_table(c: &ControlResult) -> Table {
+    let mut t = Table::new(&[
+        ("measurement", Align::Left),
+        ("result", Align::Left),
+        ("target", Align::Left),
+    ]);
+    let lat = |samples: &[u64]| match Latency::of(samples) {
+        Some(l) => format!(
+            "p50 {} ms, p99 {} ms (n = {})",
+            fmt_ms(Some(l.p50)),
+            fmt_ms(Some(l.p99)),
+            l.count
+        ),
+        None => "–".into(),
+    };
+    let scale = format!(
+        "{} Services selected ({} destinations)",
+        fmt_count(Some(c.services as f64)),
+        fmt_count(Some(c.destinations as f64))
+    );
+    t.row(vec![
+        format!("Service added to the file → entry in the map, {scale}"),
+        lat(&c.add_ns),
+        "p99 ≤ 100 ms".into(),
+    ]);
+    t.row(vec![
+        format!("Service removed from the file → entry gone, {scale}"),
+        lat(&c.remove_ns),
+        "(none)".into(),
+    ]);
+    let sync = match Latency::of(&c.sync_ns) {
+        Some(_) => {
+            let mut v = c.sync_ns.clone();
+            v.sort_unstable();
+            format!(
+                "median {} ms (min {}, max {}; n = {})",
+                fmt_ms(median(&v.iter().map(|&x| x as f64).collect::<Vec<_>>()).map(|m| m as u64)),
+                fmt_ms(v.first().copied()),
+                fmt_ms(v.last().copied()),
+                v.len()
+            )
+        }
+        None => "–".into(),
+    };
+    t.row(vec![
+        format!("start-up sync, {scale}"),
+        sync,
+        "≤ 2 s".into(),
+    ]);
+    for r in &c.rss {
+        t.row(vec![
+            format!(
+                "daemon peak RSS (VmHWM), {} destinations ({} Services)",
+                fmt_count(Some(r.destinations as f64)),
+                fmt_count(Some(r.services as f64))
+            ),
+            format!(
+                "{} (RSS once synced {}; synced in {} ms)",
+                mib(r.vm_hwm_kib),
+                mib(r.vm_rss_kib),
+                fmt_ms(Some(r.sync_ns))
+            ),
+            if r.destinations <= 10_000 {
+                "≤ 64 MiB at 10 000".into()
+            } else {
+                "(none)".into()
+            },
+        ]);
+    }
+    t
+}
+
+impl Report {
+    /// The whole Markdown report: machine, then one table per scenario that ran.
+    pub fn markdown(&self) -> String {
+        let mut out = format!("{}\n", self.machine.markdown());
+        if !self.unselected.is_empty() {
+            out.push_str(
+                "\n### 1. Unselected traffic: connect + request + close, to a destination that is \
+                 not selected (baseline: no programs)\n\n",
+            );
+            out.push_str(
+                "`connect`: the `connect()` call (the handshake, through the node, to the \
+                 backend). `conn/s`: median over the batches of whole connections (connect, one \
+                 line each way, close). `×`: ratio to `none` at the same N.\n\n",
+            );
+            out.push_str(&unselected_table(&self.unselected).to_markdown());
+        }
+        if !self.selected.is_empty() {
+            out.push_str(
+                "\n### 2. Selected traffic through the proxy (baseline: iptables REDIRECT)\n\n",
+            );
+            out.push_str(
+                "`connect`: the `connect()` call (answered by the proxy's kernel). `request`: \
+                 connect plus one HTTP request and its answer through the proxy. `conn/s`: \
+                 median over the batches of whole connections. `stream`: one long stream \
+                 through the proxy, median. `×`: ratio to iptables REDIRECT with the same \
+                 placement and proxy.\n\n",
+            );
+            out.push_str(&selected_table(&self.selected).to_markdown());
+        }
+        if let Some(c) = &self.control {
+            out.push_str("\n### 3. Control plane (`redirector run --services-file`)\n\n");
+            out.push_str(&control_table(c).to_markdown());
+        }
+        for s in &self.skipped {
+            out.push_str(&format!("\nSkipped: {s}\n"));
+        }
+        for f in &self.failures {
+            out.push_str(&format!("\nFAILED: {f}\n"));
+        }
+        out.push_str(&format!(
+            "\nRun took {:.0} s: `l7r-bench {}`; load average {} at the start, {} at the end.\n",
+            self.elapsed_s,
+            self.args.join(" "),
+            self.loadavg_start,
+            self.loadavg_end
+        ));
+        out
+    }
+
+    /// Writes `bench-<start>.json` and `latest.json` (raw samples) and `latest.md` (the
+    /// tables) into `dir`; returns the JSON file's path.
+    pub fn write(&self, dir: &Path) -> Result<std::path::PathBuf> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let json = serde_json::to_string(self)?;
+        let path = dir.join(format!("bench-{}.json", self.started_unix));
+        fs::write(&path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+        fs::write(dir.join("latest.json"), &json)?;
+        fs::write(dir.join("latest.md"), self.markdown())?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(group: &str, alt: &str, base: bool, connect: &[u64], rate: f64) -> Series {
+        Series {
+            connect_ns: connect.to_vec(),
+            exchange_ns: connect.iter().map(|c| c * 2).collect(),
+            batch_rates: vec![rate],
+            ..Series::new(group, alt, base)
+        }
+    }
+
+    #[test]
+    fn ratios_are_to_the_groups_baseline() {
+        let all = vec![
+            series("0", "none", true, &[10_000, 10_000], 1000.0),
+            series("0", "redirector", false, &[11_000, 11_000], 900.0),
+            series("1000", "none", true, &[20_000], 500.0),
+            series("1000", "redirector", false, &[20_000], 500.0),
+        ];
+        let md = unselected_table(&all).to_markdown();
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(
+            lines[3],
+            "| 0 | redirector | 11.0 | 11.0 | 900 | 1.10 | 1.10 | 0.90 |"
+        );
+        assert_eq!(
+            lines[5],
+            "| 1000 | redirector | 20.0 | 20.0 | 500 | 1.00 | 1.00 | 1.00 |"
+        );
+    }
+
+    #[test]
+    fn stream_throughput_is_a_median_in_mib_per_second() {
+        let mut s = Series::new("g", "a", true);
+        s.stream_bytes = 256 << 20;
+        s.stream_ns = vec![1_000_000_000, 2_000_000_000, 500_000_000];
+        assert_eq!(s.stream_mib_s(), Some(256.0));
+        let md = selected_table(&[s]).to_markdown();
+        assert!(md.contains("| 256 | – | – | – | 1.00 |"), "{md}");
+    }
+
+    #[test]
+    fn control_rows_name_their_targets() {
+        let c = ControlResult {
+            services: 10_000,
+            destinations: 20_000,
+            sync_ns: vec![1_500_000_000],
+            add_ns: vec![120_000_000, 250_000_000],
+            remove_ns: vec![],
+            rss: vec![RssSample {
+                services: 5_000,
+                destinations: 10_000,
+                vm_hwm_kib: 40 * 1024,
+                vm_rss_kib: 30 * 1024,
+                sync_ns: 900_000_000,
+            }],
+        };
+        let md = control_table(&c).to_markdown();
+        assert!(
+            md.contains("p50 120.0 ms, p99 250.0 ms (n = 2) | p99 ≤ 100 ms"),
+            "{md}"
+        );
+        assert!(md.contains("median 1500.0 ms"), "{md}");
+        assert!(md.contains("40.0 MiB (RSS once synced 30.0 MiB"), "{md}");
+        assert!(md.contains("≤ 64 MiB at 10 000"), "{md}");
+    }
+}

@@ -1,0 +1,91 @@
+//! A smoke run of the benchmarks, so that `cargo xtask bench` cannot rot unnoticed: the
+//! `l7r-bench` binary (the debug build is fine) runs every scenario end to end with tiny sizes
+//! (`--quick`, about ten seconds) and must write its JSON. It checks that each scenario
+//! measured something, never what it measured: numbers from a debug build on a busy CI
+//! machine mean nothing. Run as root: `sudo cargo xtask test`.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result};
+use l7r_lab::sys::{require_root, unique_id};
+use serde_json::Value;
+
+use crate::REDIRECTOR as DAEMON;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_l7r-bench-under-test");
+
+/// A temporary output directory, removed on drop.
+struct OutDir(PathBuf);
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The number of samples in `series[field]`.
+fn samples(series: &Value, field: &str) -> usize {
+    series[field].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn a_quick_bench_run_completes_and_writes_its_samples() -> Result<()> {
+    require_root();
+    let out = OutDir(std::env::temp_dir().join(format!("l7r-bench-smoke-{}", unique_id())));
+    let run = Command::new(BENCH)
+        .args([
+            "--quick",
+            "--proxies",
+            "rust,envoy",
+            "--daemon",
+            DAEMON,
+            "--out",
+        ])
+        .arg(&out.0)
+        .output()
+        .context("cannot run l7r-bench")?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "l7r-bench failed ({}):\n{stdout}\n{stderr}",
+        run.status
+    );
+    for heading in ["### 1.", "### 2.", "### 3."] {
+        assert!(stdout.contains(heading), "no {heading} table:\n{stdout}");
+    }
+
+    let text = fs::read_to_string(out.0.join("latest.json")).context("no latest.json")?;
+    let report: Value = serde_json::from_str(&text)?;
+    assert_eq!(report["failures"], Value::Array(vec![]), "{stdout}");
+
+    let unselected = report["unselected"].as_array().context("no unselected")?;
+    assert_eq!(unselected.len(), 8, "two sizes × four alternatives");
+    for s in unselected {
+        assert!(samples(s, "connect_ns") >= 200, "{}", s["alternative"]);
+    }
+
+    let selected = report["selected"].as_array().context("no selected")?;
+    // Two placements × three steering methods × the Rust proxy, and × Envoy when installed.
+    assert!(
+        selected.len() == 6 || selected.len() == 12,
+        "{}",
+        selected.len()
+    );
+    for s in selected {
+        assert!(samples(s, "exchange_ns") >= 100, "{}", s["group"]);
+        assert_eq!(samples(s, "stream_ns"), 1, "{}", s["group"]);
+    }
+
+    let control = &report["control"];
+    assert_eq!(samples(control, "sync_ns"), 1);
+    assert_eq!(samples(control, "add_ns"), 2);
+    assert_eq!(samples(control, "remove_ns"), 2);
+    assert!(
+        control["rss"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|s| s["vm_hwm_kib"].as_u64() > Some(0))),
+        "{control}"
+    );
+    Ok(())
+}

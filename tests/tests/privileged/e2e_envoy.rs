@@ -1,0 +1,187 @@
+//! End to end with the real Envoy (from the pinned venv) as the node proxy, configured by
+//! `deploy/envoy.yaml`, the real daemon in `--services-file` mode, and a ClusterIP emulated by
+//! an nftables DNAT as kube-proxy would: the user guide's workflow. Run as root:
+//! `sudo cargo xtask test`.
+
+use std::{net::IpAddr, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use l7r_lab::{
+    daemon::eventually,
+    e2e::{World, web_service},
+    envoy,
+    http::Response,
+    lab::{CLIENT4, NODE4_UPSTREAM},
+    sys::TempFile,
+};
+
+use crate::REDIRECTOR as EXE;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("constant address")
+}
+
+/// The world with `shop/web` annotated (or not).
+fn world(annotated: bool) -> Result<World> {
+    let value = annotated.then_some("true");
+    World::new(EXE, &web_service(value).yaml(), annotated)
+}
+
+/// Changes the annotation and waits for the map to follow.
+fn annotate(w: &World, value: Option<&str>) -> Result<()> {
+    w.file.write(&web_service(value).yaml())?;
+    w.wait_selected(value == Some("true"))
+}
+
+/// `GET path` on a new connection; anything but 200 is an error.
+fn get(w: &World, path: &str) -> Result<Response> {
+    ok(w.request("GET", path)?)
+}
+
+/// The response, if it is a 200 (an Envoy 503 also says `server: envoy`).
+fn ok(r: Response) -> Result<Response> {
+    if r.status != 200 {
+        bail!("HTTP {}: {}", r.status, r.body);
+    }
+    Ok(r)
+}
+
+#[test]
+fn annotated_service_answers_through_envoy_and_is_logged() -> Result<()> {
+    let w = world(true)?;
+    let head = w.curl_head()?;
+    assert!(head.contains("server: envoy"), "curl --head:\n{head}");
+    assert!(head.starts_with("http/1.1 200"), "curl --head:\n{head}");
+
+    let r = get(&w, "/hello")?;
+    assert_eq!(r.status, 200);
+    assert!(r.via_envoy(), "{r:?}");
+    assert_eq!(
+        r.body,
+        format!("hello from the backend; you are {NODE4_UPSTREAM}\n")
+    );
+    let served = w.backend.served();
+    let hello = served
+        .iter()
+        .find(|s| s.path == "/hello")
+        .context("the backend saw no /hello")?;
+    assert_eq!(
+        (hello.method.as_str(), hello.peer.ip()),
+        ("GET", ip(NODE4_UPSTREAM))
+    );
+
+    let lines = w.envoy.wait_for_log_lines(2)?;
+    let entry = lines
+        .iter()
+        .find(|l| l["path"] == "/hello")
+        .with_context(|| format!("no access log line for /hello: {lines:#?}"))?;
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["response_code"], 200);
+    assert_eq!(
+        entry["downstream_local_address"], "10.96.0.10:80",
+        "the original destination"
+    );
+    assert_eq!(entry["user_agent"], "l7r-test/1");
+    let head_entry = lines
+        .iter()
+        .find(|l| l["method"] == "HEAD")
+        .context("no HEAD line")?;
+    assert_eq!(head_entry["path"], "/");
+    Ok(())
+}
+
+#[test]
+fn unannotated_service_is_not_proxied() -> Result<()> {
+    let w = world(false)?;
+    let head = w.curl_head()?;
+    assert!(!head.contains("server: envoy"), "curl --head:\n{head}");
+    assert!(head.contains("server: backend"), "curl --head:\n{head}");
+    let r = get(&w, "/direct")?;
+    assert!(!r.via_envoy());
+    assert_eq!(
+        r.body,
+        format!("hello from the backend; you are {CLIENT4}\n")
+    );
+    assert!(w.envoy.access_log()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn keep_alive_connection_opened_before_annotation_stays_direct() -> Result<()> {
+    let w = world(false)?;
+    let mut early = w.connect()?;
+    assert!(!ok(early.request("GET", "/before")?)?.via_envoy());
+    annotate(&w, Some("true"))?;
+    for i in 0..3 {
+        let r = ok(early.request("GET", &format!("/after/{i}"))?)?;
+        assert!(
+            !r.via_envoy(),
+            "an existing connection is never moved to the proxy"
+        );
+    }
+    assert!(get(&w, "/new")?.via_envoy(), "a new connection is proxied");
+    Ok(())
+}
+
+#[test]
+fn keep_alive_connection_opened_while_selected_stays_proxied_after_deselection() -> Result<()> {
+    let w = world(true)?;
+    let mut proxied = w.connect()?;
+    assert!(ok(proxied.request("GET", "/selected")?)?.via_envoy());
+    annotate(&w, None)?;
+    for i in 0..3 {
+        let r = ok(proxied.request("GET", &format!("/deselected/{i}"))?)?;
+        assert!(
+            r.via_envoy(),
+            "a proxied connection stays proxied until it closes"
+        );
+    }
+    assert!(
+        !get(&w, "/new")?.via_envoy(),
+        "a new connection goes direct"
+    );
+    Ok(())
+}
+
+#[test]
+fn envoy_killed_means_requests_go_direct_within_the_readiness_interval() -> Result<()> {
+    let mut w = world(true)?;
+    assert!(get(&w, "/up")?.via_envoy());
+    w.envoy.kill()?;
+    // The daemon checks every 200ms here; a connect in between may be refused.
+    let r = eventually("a direct answer", Duration::from_secs(2), || {
+        Ok(get(&w, "/down").ok())
+    })?;
+    assert_eq!(r.status, 200);
+    assert!(!r.via_envoy(), "fail-open: straight to the backend");
+    Ok(())
+}
+
+#[test]
+fn envoy_accepts_the_bootstrap() -> Result<()> {
+    // Validation opens the access log file, so the path is swapped as in the lab; everything
+    // else is validated as shipped.
+    let log = TempFile::new("envoy-validate-access");
+    let config = TempFile::new("envoy-validate.yaml");
+    std::fs::write(&config.0, envoy::bootstrap(&log.0)?)?;
+    let binary = envoy::binary()?;
+    let output = Command::new(&binary)
+        .args([
+            "--mode",
+            "validate",
+            "--log-level",
+            "warn",
+            "-c",
+            config.arg(),
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success() && stdout.contains("OK"),
+        "`envoy --mode validate` rejects deploy/envoy.yaml ({}):\n{stdout}{stderr}",
+        output.status
+    );
+    Ok(())
+}
