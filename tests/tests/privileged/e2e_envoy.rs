@@ -12,7 +12,7 @@ use l7r_lab::{
     envoy,
     http::Response,
     lab::{CLIENT4, NODE4_UPSTREAM},
-    sys::TempFile,
+    sys::{TempFile, unique_id},
 };
 
 use crate::REDIRECTOR as EXE;
@@ -162,7 +162,9 @@ fn envoy_accepts_the_bootstrap() -> Result<()> {
     // Validation opens the access log file, so the path is swapped as in the lab; everything
     // else is validated as shipped.
     let log = TempFile::new("envoy-validate-access");
-    let config = TempFile::new("envoy-validate.yaml");
+    // Envoy tells YAML from JSON by the file's extension.
+    let config =
+        TempFile(std::env::temp_dir().join(format!("l7r-envoy-validate-{}.yaml", unique_id())));
     std::fs::write(&config.0, envoy::bootstrap(&log.0)?)?;
     let binary = envoy::binary()?;
     let output = Command::new(&binary)
