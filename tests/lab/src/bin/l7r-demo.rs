@@ -5,6 +5,7 @@
 //! `redirector collect`, and removes everything on exit or Ctrl-C.
 
 use std::{
+    io::IsTerminal as _,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::Command,
@@ -61,9 +62,18 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// `text` in bold on a terminal, plain otherwise (a log file or CI output gets no escapes).
+fn bold(text: &str) -> String {
+    if std::io::stdout().is_terminal() {
+        format!("\x1b[1m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
 fn step(n: usize, title: &str) -> Result<()> {
     check_interrupted()?;
-    println!("\n\x1b[1m[{n}/9] {title}\x1b[0m");
+    println!("\n{}", bold(&format!("[{n}/9] {title}")));
     Ok(())
 }
 
@@ -93,8 +103,8 @@ fn main() {
     match result {
         Ok(()) => {
             println!(
-                "\n\x1b[1mDone in {:.0?}.\x1b[0m Everything the demo made has been removed.",
-                started.elapsed()
+                "\n{} Everything the demo made has been removed.",
+                bold(&format!("Done in {:.0?}.", started.elapsed()))
             );
             read_next();
         }
@@ -226,9 +236,10 @@ fn server_line(head: &str) -> &str {
 
 fn run(args: &Args) -> Result<()> {
     println!(
-        "\x1b[1mL7 redirector demo\x1b[0m: annotate a Service with \
-         projectcalico.org/l7-logging=true and its new connections go through the node's\n\
-         Envoy, which logs every request; existing connections are left alone."
+        "{}: annotate a Service with projectcalico.org/l7-logging=true and its new \
+         connections go through the node's\nEnvoy, which logs every request; existing \
+         connections are left alone.",
+        bold("L7 redirector demo")
     );
 
     step(1, "Building a lab on this machine")?;
