@@ -34,7 +34,7 @@ use crate::{
     metrics::{self, KernelCounters, Metrics},
     proxy_config::ProxySettings,
     reconcile::Reconciler,
-    selection::{self, Finding},
+    selection::{self, Finding, Rules},
 };
 
 /// Everything `redirector run` was asked.
@@ -149,6 +149,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None => None,
     };
 
+    let proxies: Vec<SocketAddr> = settings
+        .proxy4
+        .iter()
+        .chain(&settings.proxy6)
+        .copied()
+        .collect();
+    let rules = Rules::new(&opts.annotation).with_proxies(&proxies);
     let mut store = ObjectStore::default();
     let mut reported: BTreeSet<Finding> = BTreeSet::new();
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -166,7 +173,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     store.apply(more);
                 }
                 if store.synced() {
-                    reconcile_once(&store, &opts.annotation, &mut reconciler, &metrics, &mut reported, events.as_ref()).await;
+                    reconcile_once(&store, &rules, &mut reconciler, &metrics, &mut reported, events.as_ref()).await;
                 }
             }
             _ = sigterm.recv() => break,
@@ -191,14 +198,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
 async fn reconcile_once(
     store: &ObjectStore,
-    annotation: &str,
+    rules: &Rules,
     reconciler: &mut Reconciler<Dataplane>,
     metrics: &Metrics,
     reported: &mut BTreeSet<Finding>,
     events: Option<&EventPublisher>,
 ) {
     let started = Instant::now();
-    let (desired, findings) = selection::desired(store.services(), store.slices(), annotation);
+    let (desired, findings) = selection::desired(store.services(), store.slices(), rules);
     match reconciler.reconcile(&desired) {
         Ok(outcome) => {
             metrics.reconciled(

@@ -32,6 +32,18 @@ pub enum ProxyConfigError {
     /// Port 0 cannot be connected to.
     #[error("proxy {0} has port 0")]
     PortZero(SocketAddr),
+    /// The address does not name the node to every network namespace on it.
+    #[error(
+        "proxy {addr} is {what}: connections from pods would go to that address in their own \
+         network namespace, not to the node's proxy; use an address of the node that pods can \
+         reach (in the DaemonSet, the node's IP)"
+    )]
+    NotANodeAddress {
+        /// The address given.
+        addr: SocketAddr,
+        /// What kind of address it is.
+        what: &'static str,
+    },
     /// Neither proxy given.
     #[error("no proxy address: pass --proxy IP:PORT (and/or --proxy6 [IP]:PORT)")]
     NoProxy,
@@ -69,6 +81,34 @@ pub fn parse_mark(text: &str) -> Result<(u32, u32), String> {
     }
 }
 
+/// Why `ip` cannot be the proxy's address, if it cannot: it must be an address of the node
+/// that means the node from every network namespace on it.
+fn not_a_node_address(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    Some(match ip {
+        ip if ip.is_unspecified() => {
+            "the unspecified address (a listening address, not one to connect to)"
+        }
+        ip if ip.is_loopback() => "a loopback address",
+        ip if ip.is_multicast() => "a multicast address",
+        IpAddr::V4(v4) if v4.is_link_local() => "a link-local address",
+        IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address",
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => "a link-local address",
+        _ => return None,
+    })
+}
+
+/// Checks one proxy address: a port, and an address of the node.
+fn check_proxy(p: SocketAddr) -> Result<(), ProxyConfigError> {
+    if p.port() == 0 {
+        return Err(ProxyConfigError::PortZero(p));
+    }
+    if let Some(what) = not_a_node_address(p.ip()) {
+        return Err(ProxyConfigError::NotANodeAddress { addr: p, what });
+    }
+    Ok(())
+}
+
 impl ProxySettings {
     /// The config entry, with both proxies marked not ready: readiness is the health checker's
     /// to set, once it has seen the proxy accept a connection.
@@ -81,9 +121,7 @@ impl ProxySettings {
             let IpAddr::V4(ip) = p.ip() else {
                 return Err(ProxyConfigError::Proxy4NotV4(p));
             };
-            if p.port() == 0 {
-                return Err(ProxyConfigError::PortZero(p));
-            }
+            check_proxy(p)?;
             config.proxy4_addr = ip.octets();
             config.proxy4_port = p.port();
         }
@@ -91,9 +129,7 @@ impl ProxySettings {
             let IpAddr::V6(ip) = p.ip() else {
                 return Err(ProxyConfigError::Proxy6NotV6(p));
             };
-            if p.port() == 0 {
-                return Err(ProxyConfigError::PortZero(p));
-            }
+            check_proxy(p)?;
             config.proxy6_addr = ip.octets();
             config.proxy6_port = p.port();
         }
@@ -164,6 +200,44 @@ mod tests {
         ));
         s.proxy6 = Some("[fd00::1]:0".parse().unwrap());
         assert!(matches!(s.to_config(), Err(ProxyConfigError::PortZero(_))));
+    }
+
+    #[test]
+    fn proxies_must_be_addresses_of_the_node() {
+        for bad in [
+            "0.0.0.0:15001",
+            "127.0.0.1:15001",
+            "169.254.0.1:15001",
+            "224.0.0.1:15001",
+            "255.255.255.255:15001",
+        ] {
+            let s = ProxySettings {
+                proxy4: Some(bad.parse().unwrap()),
+                ..Default::default()
+            };
+            let e = s.to_config().unwrap_err();
+            assert!(
+                matches!(e, ProxyConfigError::NotANodeAddress { .. }),
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        for bad in [
+            "[::]:15001",
+            "[::1]:15001",
+            "[fe80::1]:15001",
+            "[ff02::1]:15001",
+        ] {
+            let s = ProxySettings {
+                proxy6: Some(bad.parse().unwrap()),
+                ..Default::default()
+            };
+            assert!(
+                matches!(s.to_config(), Err(ProxyConfigError::NotANodeAddress { .. })),
+                "{bad}"
+            );
+        }
+        assert!(v4().to_config().is_ok());
     }
 
     #[test]

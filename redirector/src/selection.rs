@@ -6,11 +6,17 @@
 //! `spec.externalIPs` address, every `status.loadBalancer.ingress[].ip`, and every ready
 //! endpoint address of its EndpointSlices with the endpoint port (which covers headless
 //! Services and datapaths that translate the ClusterIP before the socket layer sees it).
+//!
+//! Some destinations are never steered, whatever a Service says, and each is reported: the
+//! node proxy's own address and port (the proxy would be steered to itself), and addresses
+//! that do not mean the same thing in every network namespace or are not one host: loopback
+//! (a pod's loopback is not the node's, where the proxy dials from), unspecified, link-local,
+//! multicast and broadcast.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -41,6 +47,15 @@ pub enum Finding {
         port: i32,
         /// Its protocol.
         protocol: String,
+    },
+    /// A destination of a selected Service that is never steered.
+    NeverSteered {
+        /// The Service.
+        service: ServiceRef,
+        /// The destination.
+        destination: SocketAddr,
+        /// Why, in words.
+        reason: &'static str,
     },
     /// The same destination is claimed by two selected Services; the first (by namespace/name)
     /// keeps it.
@@ -74,6 +89,14 @@ impl fmt::Display for Finding {
                 f,
                 "Service {service}: port {port}/{protocol} is not TCP and is not steered"
             ),
+            Finding::NeverSteered {
+                service,
+                destination,
+                reason,
+            } => write!(
+                f,
+                "Service {service}: {destination} is {reason}; it is never steered"
+            ),
             Finding::SharedDestination {
                 destination,
                 kept,
@@ -100,12 +123,63 @@ impl Desired {
     }
 }
 
+/// What selection needs to know besides the Services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// The annotation that selects a Service when it is `true`.
+    pub annotation: String,
+    /// The node proxy's listening addresses, never steered.
+    pub proxies: BTreeSet<SocketAddr>,
+}
+
+impl Rules {
+    /// Rules for `annotation`, with no proxy address known.
+    pub fn new(annotation: &str) -> Self {
+        Self {
+            annotation: annotation.to_string(),
+            proxies: BTreeSet::new(),
+        }
+    }
+
+    /// The same rules, never steering `proxies` either.
+    pub fn with_proxies(mut self, proxies: &[SocketAddr]) -> Self {
+        self.proxies.extend(
+            proxies
+                .iter()
+                .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port())),
+        );
+        self
+    }
+
+    /// Why `destination` must never be steered, if it must not.
+    pub fn never_steered(&self, destination: SocketAddr) -> Option<&'static str> {
+        let ip = destination.ip().to_canonical();
+        if self
+            .proxies
+            .contains(&SocketAddr::new(ip, destination.port()))
+        {
+            return Some("the node proxy's own address");
+        }
+        let reason = match ip {
+            ip if ip.is_unspecified() => "an unspecified address",
+            ip if ip.is_loopback() => "a loopback address, which is not the node's in a pod",
+            ip if ip.is_multicast() => "a multicast address",
+            IpAddr::V4(v4) if v4.is_link_local() => "a link-local address",
+            IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address",
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => "a link-local address",
+            _ => return None,
+        };
+        Some(reason)
+    }
+}
+
 /// Computes what to steer from all known Services and EndpointSlices.
 pub fn desired<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    annotation: &str,
+    rules: &Rules,
 ) -> (Desired, Vec<Finding>) {
+    let annotation = rules.annotation.as_str();
     let mut findings = Vec::new();
     let mut slices_of: BTreeMap<ServiceRef, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
@@ -156,6 +230,14 @@ pub fn desired<'a>(
             );
         }
         for destination in mine {
+            if let Some(reason) = rules.never_steered(destination) {
+                findings.push(Finding::NeverSteered {
+                    service: service.clone(),
+                    destination,
+                    reason,
+                });
+                continue;
+            }
             let key = ServiceKey::tcp_addr(destination);
             match out.destinations.get(&key) {
                 Some(kept) => findings.push(Finding::SharedDestination {
@@ -195,7 +277,7 @@ mod tests {
     }
 
     fn dests(services: &[Service], slices: &[EndpointSlice]) -> (Vec<String>, Vec<Finding>) {
-        let (d, f) = desired(services, slices, DEFAULT_ANNOTATION);
+        let (d, f) = desired(services, slices, &Rules::new(DEFAULT_ANNOTATION));
         let mut v: Vec<String> = d
             .destinations
             .keys()
@@ -235,9 +317,10 @@ mod tests {
     fn annotation_key_is_configurable() {
         let s = svc(json!({"metadata": {"name": "a", "namespace": "n",
             "annotations": {"example.com/log": "true"}}, "spec": cluster_ip_spec()}));
-        assert_eq!(desired([&s], [], "example.com/log").0.destinations.len(), 1);
+        let rules = Rules::new("example.com/log");
+        assert_eq!(desired([&s], [], &rules).0.destinations.len(), 1);
         assert!(
-            desired([&s], [], DEFAULT_ANNOTATION)
+            desired([&s], [], &Rules::new(DEFAULT_ANNOTATION))
                 .0
                 .destinations
                 .is_empty()
@@ -339,6 +422,57 @@ mod tests {
     }
 
     #[test]
+    fn destinations_that_must_never_be_steered_are_skipped_and_reported() {
+        let s = svc(json!({
+            "metadata": {"name": "odd", "namespace": "shop",
+                         "annotations": {DEFAULT_ANNOTATION: "true"}},
+            "spec": {"clusterIPs": ["10.96.0.10"],
+                     "externalIPs": ["127.0.0.1", "0.0.0.0", "169.254.1.1", "224.0.0.1",
+                                     "::1", "fe80::1", "ff02::1", "10.0.0.1", "::"],
+                     "ports": [{"port": 80}, {"port": 15001}]}
+        }));
+        let proxies = ["10.0.0.1:15001".parse().unwrap()];
+        let (d, f) = desired(
+            [&s],
+            [],
+            &Rules::new(DEFAULT_ANNOTATION).with_proxies(&proxies),
+        );
+        let mut kept: Vec<String> = d
+            .destinations
+            .keys()
+            .map(|k| k.socket_addr().to_string())
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            ["10.0.0.1:80", "10.96.0.10:15001", "10.96.0.10:80"],
+            "the proxy's address on another port is an ordinary destination"
+        );
+        let skipped: Vec<String> = f
+            .iter()
+            .filter_map(|f| match f {
+                Finding::NeverSteered { destination, .. } => Some(destination.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(skipped.len(), 17, "{f:?}");
+        assert!(skipped.contains(&"10.0.0.1:15001".to_string()));
+        assert!(skipped.contains(&"[fe80::1]:80".to_string()));
+        let text = f
+            .iter()
+            .find(|f| {
+                matches!(f, Finding::NeverSteered { destination, .. }
+                if destination.to_string() == "127.0.0.1:80")
+            })
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("shop/odd") && text.contains("loopback"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_shared_destination_goes_to_the_first_service() {
         let a = svc(json!({"metadata": {"name": "a", "namespace": "n",
             "annotations": {DEFAULT_ANNOTATION: "true"}},
@@ -348,7 +482,7 @@ mod tests {
             "annotations": {DEFAULT_ANNOTATION: "true"}},
             "spec": {"clusterIPs": ["10.96.0.2"], "externalIPs": ["192.0.2.1"],
                      "ports": [{"port": 80}]}}));
-        let (d, f) = desired([&b, &a], [], DEFAULT_ANNOTATION);
+        let (d, f) = desired([&b, &a], [], &Rules::new(DEFAULT_ANNOTATION));
         let owner = &d.destinations[&ServiceKey::tcp_addr("192.0.2.1:80".parse().unwrap())];
         assert_eq!(owner.name, "a");
         assert_eq!(d.destinations.len(), 3);

@@ -387,6 +387,20 @@ fn bad_input_is_refused_with_errors_that_name_the_problem_and_touches_nothing() 
     assert!(e.contains("can never match"), "{e}");
     let e = run_expecting_failure(&["--proxy", "[fd00::1]:1", "--services-file", file.arg()])?;
     assert!(e.contains("is not an IPv4 address"), "{e}");
+    // A pod's loopback is not the node's, and 0.0.0.0 is where one listens, not connects.
+    for proxy in ["127.0.0.1:15001", "0.0.0.0:15001"] {
+        let e = run_expecting_failure(&[
+            "--proxy",
+            proxy,
+            "--services-file",
+            file.arg(),
+            "--pin-dir",
+            &pin,
+            "--cgroup",
+            &root,
+        ])?;
+        assert!(e.contains(proxy) && e.contains("pods"), "{e}");
+    }
     let broken = ServicesFile::new("kind: Service\nmetadata: [\n")?;
     let e = run_expecting_failure(&[
         "--proxy",

@@ -348,7 +348,7 @@ mod tests {
             service::DEFAULT_ANNOTATION,
             sources::{Kinds, manifests},
         },
-        selection,
+        selection::{self, Rules},
     };
 
     use super::*;
@@ -358,7 +358,8 @@ mod tests {
         let text = services_yaml(0..3);
         let m = manifests::parse(&text, Kinds::DAEMON).unwrap();
         assert_eq!((m.services.len(), m.slices.len()), (3, 3));
-        let (desired, findings) = selection::desired(&m.services, &m.slices, DEFAULT_ANNOTATION);
+        let (desired, findings) =
+            selection::desired(&m.services, &m.slices, &Rules::new(DEFAULT_ANNOTATION));
         assert!(findings.is_empty(), "{findings:?}");
         assert_eq!(desired.destinations.len(), 6);
         assert!(desired.destinations.contains_key(&cluster_key(2).unwrap()));
