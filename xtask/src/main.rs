@@ -7,6 +7,7 @@ mod demo;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,23 @@ enum Command {
     /// Show the main job on this machine: a small lab where annotating a Service sends its new
     /// connections through the real Envoy, step by step (root; cleans up on exit or Ctrl-C).
     Demo,
+    /// Run privileged tests in VMs booted with Debian's 5.10, 6.1 and 6.12 kernels (and on the
+    /// host kernel), and print a table kernel × test. Flags after `--` filter the tests
+    /// (default: `datapath::`, the kernel programs).
+    VmTest {
+        /// Which kernel: 5.10, 6.1, 6.12, or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// How many VMs to run at once.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Leave out the host kernel's column.
+        #[arg(long)]
+        no_host: bool,
+        /// libtest filter arguments (e.g. `datapath::udp` or `--skip churn`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        filter: Vec<String>,
+    },
     /// Build in release mode and run the benchmarks (root): the redirector against iptables
     /// and nftables, printed as Markdown, raw samples in target/bench/. Flags after `--` go to
     /// `l7r-bench` (e.g. `cargo xtask bench -- --quick`).
@@ -57,6 +75,17 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench { args } => bench::run(&args),
+        Command::VmTest {
+            kernel,
+            jobs,
+            no_host,
+            filter,
+        } => vm::run(&vm::Options {
+            kernel,
+            jobs,
+            filter,
+            host: !no_host,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

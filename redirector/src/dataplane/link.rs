@@ -11,6 +11,7 @@ use std::{
 
 /// `enum bpf_cmd` values used here (uapi, stable).
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 // `enum bpf_attach_type` values of our programs (uapi, stable).
@@ -66,4 +67,16 @@ pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     attr[0] = c_path.as_ptr() as u64;
     attr[1] = u64::from(fd.as_raw_fd() as u32);
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// How many programs are attached to the cgroup `cgroup` itself for `attach_type` (inherited
+/// ones not counted). `BPF_PROG_QUERY` in the form every supported kernel answers (5.10 cannot
+/// answer the newer form bpftool uses).
+pub(super) fn attached_count(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<u32> {
+    let mut attr: BpfAttr = [0; 16];
+    // struct { __u32 target_fd; __u32 attach_type; __u32 query_flags; __u32 attach_flags;
+    //          __aligned_u64 prog_ids; __u32 prog_cnt; ... }: no id buffer, so only the count.
+    attr[0] = u64::from(cgroup.as_raw_fd() as u32) | (u64::from(attach_type) << 32);
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    Ok((attr[3] & 0xffff_ffff) as u32)
 }

@@ -362,6 +362,23 @@ fn check_kernel() -> Result<()> {
     Ok(())
 }
 
+/// How many of the redirector's kinds of program (any version's) are attached to `cgroup`
+/// itself, summed over the attach points: 6 for one attached dataplane.
+pub fn attached_programs(cgroup: &Path) -> Result<u32> {
+    let dir = fs::File::open(cgroup).map_err(|source| CgroupError::Io {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    let mut total = 0;
+    for &name in &program_names::ALL {
+        let attach = attach_type(name)
+            .ok_or_else(|| prog_err(name)(ProgramError::UnexpectedProgramType))?;
+        total += link::attached_count(dir.as_fd(), attach)
+            .map_err(|e| prog_err(name)(ProgramError::IOError(e)))?;
+    }
+    Ok(total)
+}
+
 /// The kernel attach point of each program.
 fn attach_type(program: &str) -> Option<u32> {
     Some(match program {

@@ -15,7 +15,6 @@ use l7r_lab::{
     lab::{BACKEND4, CLIENT4, Lab, LabOptions, NODE4_UPSTREAM, SERVICE_PORT, sa},
     manifests::{ServiceSpec, ServicesFile},
     proxy::Upstream,
-    sys::run,
 };
 
 use crate::REDIRECTOR as EXE;
@@ -220,12 +219,8 @@ fn a_full_map_is_reported_and_what_fits_is_steered() -> Result<()> {
     Ok(())
 }
 
-fn attached_programs(lab: &Lab) -> Result<usize> {
-    let out = run(
-        "bpftool",
-        &["cgroup", "show", &lab.cgroup_root().to_string_lossy()],
-    )?;
-    Ok(out.lines().skip(1).filter(|l| !l.trim().is_empty()).count())
+fn attached_programs(lab: &Lab) -> Result<u32> {
+    Ok(redirector::dataplane::attached_programs(lab.cgroup_root())?)
 }
 
 #[test]

@@ -21,8 +21,8 @@ use l7r_lab::{
         NODE6_UPSTREAM, OTHER_PORT, SERVICE_PORT, sa,
     },
     proxy::Upstream,
-    sys::run,
 };
+use redirector::dataplane::attached_programs;
 use socket2::{Domain, Socket, Type};
 
 fn ip(s: &str) -> IpAddr {
@@ -290,12 +290,6 @@ fn ipv4_mapped_destination_on_a_dual_stack_socket_is_steered() -> Result<()> {
     Ok(())
 }
 
-/// How many programs are attached to `cgroup` itself (not inherited).
-fn attached_programs(cgroup: &std::path::Path) -> Result<usize> {
-    let out = run("bpftool", &["cgroup", "show", &cgroup.to_string_lossy()])?;
-    // A header line, then one line per attached program.
-    Ok(out.lines().skip(1).filter(|l| !l.trim().is_empty()).count())
-}
 
 #[test]
 fn restart_in_a_new_process_keeps_connections_and_selection() -> Result<()> {
