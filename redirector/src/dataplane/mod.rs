@@ -371,8 +371,8 @@ pub fn attached_programs(cgroup: &Path) -> Result<u32> {
     })?;
     let mut total = 0;
     for &name in &program_names::ALL {
-        let attach = attach_type(name)
-            .ok_or_else(|| prog_err(name)(ProgramError::UnexpectedProgramType))?;
+        let attach =
+            attach_type(name).ok_or_else(|| prog_err(name)(ProgramError::UnexpectedProgramType))?;
         total += link::attached_count(dir.as_fd(), attach)
             .map_err(|e| prog_err(name)(ProgramError::IOError(e)))?;
     }

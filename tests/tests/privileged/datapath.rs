@@ -290,7 +290,6 @@ fn ipv4_mapped_destination_on_a_dual_stack_socket_is_steered() -> Result<()> {
     Ok(())
 }
 
-
 #[test]
 fn restart_in_a_new_process_keeps_connections_and_selection() -> Result<()> {
     let mut lab = Lab::new()?;

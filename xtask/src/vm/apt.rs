@@ -41,6 +41,7 @@ pub struct Unpacked {
 
 impl PrivateApt {
     /// A private apt in `dir`, configured for the suites of `kernels`, with fresh indexes.
+    /// (Indexes younger than an hour are kept, unless the suites changed.)
     pub fn prepare(dir: &Path, kernels: &[Kernel]) -> Result<Self> {
         if !Path::new(KEYRING).is_file() {
             bail!(
@@ -75,9 +76,11 @@ impl PrivateApt {
             .collect();
         suites.sort_unstable();
         suites.dedup();
-        fs::write(dir.join("sources.list"), sources_list(&suites))?;
+        let sources = sources_list(&suites);
+        let same_suites = fs::read_to_string(dir.join("sources.list")).is_ok_and(|s| s == sources);
+        fs::write(dir.join("sources.list"), sources)?;
         fs::write(dir.join("apt.conf"), apt_conf(dir))?;
-        if apt.indexes_are_stale() {
+        if !same_suites || apt.indexes_are_stale() {
             util::run(apt.command("apt-get").args(["-q", "update"]))
                 .context("cannot update the private apt indexes (is deb.debian.org reachable?)")?;
         }

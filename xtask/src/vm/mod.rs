@@ -75,7 +75,8 @@ pub fn run(options: &Options) -> Result<()> {
     fs::write(&guest, GUEST_SCRIPT)?;
     make_executable(&guest)?;
 
-    let apt = PrivateApt::prepare(&vm_dir.join("apt"), &kernels)?;
+    // Every kernel's suites, whichever are run now: one index for all runs.
+    let apt = PrivateApt::prepare(&vm_dir.join("apt"), &kernels::KERNELS)?;
     let mut unpacked = Vec::new();
     for kernel in &kernels {
         let u = apt
