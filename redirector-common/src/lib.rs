@@ -152,6 +152,52 @@ pub const fn is_v4_mapped(addr: &[u8; 16]) -> bool {
     hi == 0 && mid == u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
+/// Whether two 16-byte addresses are equal, compared as four words (fewer instructions for the
+/// verifier than a byte loop).
+#[inline(always)]
+pub fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+            != u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+        {
+            return false;
+        }
+        i += 4;
+    }
+    true
+}
+
+/// The proxy port a connection to `dst` is steered to: `first + hash(dst) % count`. The kernel
+/// programs and user space (status, tests) compute it with this one function.
+#[inline(always)]
+pub fn proxy_port_for(dst: &Endpoint, first: u16, count: u16) -> u16 {
+    if count <= 1 {
+        return first;
+    }
+    // FNV-1a over the address words and the port, then murmur3's finaliser: multiplication
+    // only carries upwards, and the modulo below reads the low bits.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < 16 {
+        let word = u32::from_ne_bytes([
+            dst.addr[i],
+            dst.addr[i + 1],
+            dst.addr[i + 2],
+            dst.addr[i + 3],
+        ]);
+        h = (h ^ word).wrapping_mul(0x0100_0193);
+        i += 4;
+    }
+    h = (h ^ u32::from(dst.port)).wrapping_mul(0x0100_0193);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    first.wrapping_add((h % u32::from(count)) as u16)
+}
+
 /// Key of the `services` map: one selected destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -234,8 +280,11 @@ pub struct Config {
     pub proxy6_addr: [u8; 16],
     /// The node proxy's IPv6 port (host order); 0 means no IPv6 proxy.
     pub proxy6_port: u16,
-    /// Explicit padding; always zero.
-    pub _pad0: u16,
+    /// How many consecutive ports, from `proxy4_port` and `proxy6_port`, the proxy listens
+    /// on (0 counts as 1). Each selected destination is steered to one of them, chosen by a
+    /// hash of the destination ([`proxy_port_for`]), so steered connections to different
+    /// destinations do not share one 4-tuple space.
+    pub proxy_ports: u16,
     /// Sockets whose `SO_MARK & exclude_mark_mask == exclude_mark` are never steered
     /// (ignored while the mask is 0).
     pub exclude_mark: u32,
@@ -247,14 +296,41 @@ pub struct Config {
     pub exclude_uids: [u32; MAX_EXCLUDED_UIDS],
     /// How many entries of `exclude_cgroups` are in use.
     pub exclude_cgroup_count: u32,
-    /// Explicit padding; always zero.
-    pub _pad1: u32,
+    /// Tasks whose cgroup is less deep than this are never steered: set to one below the
+    /// cgroup the programs are attached to, it keeps out the tasks of that cgroup itself, which
+    /// on a node (attached to the root) are the kernel's threads (NFS, CIFS, ceph clients
+    /// connect from there) and nothing else of a Kubernetes node. 0 turns the check off.
+    pub steer_min_level: u32,
     /// Processes in these cgroups (or below them) are never steered.
     pub exclude_cgroups: [CgroupRef; MAX_EXCLUDED_CGROUPS],
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 208);
 
 impl Config {
+    /// How many proxy ports there are (at least 1).
+    #[inline(always)]
+    pub const fn proxy_port_count(&self) -> u16 {
+        if self.proxy_ports == 0 {
+            1
+        } else {
+            self.proxy_ports
+        }
+    }
+
+    /// Whether `local` (an accepted socket's own address) is one the proxy listens on.
+    #[inline(always)]
+    pub fn is_proxy_endpoint(&self, local: &Endpoint) -> bool {
+        let (addr, first) = match local.v4() {
+            Some(_) => (v4_mapped(self.proxy4_addr), self.proxy4_port),
+            None => (self.proxy6_addr, self.proxy6_port),
+        };
+        let count = self.proxy_port_count();
+        first != 0
+            && local.port >= first
+            && local.port - first < count
+            && same_addr(&local.addr, &addr)
+    }
+
     /// Whether a socket carrying `mark` is excluded by the mark rule.
     #[inline(always)]
     pub const fn mark_excluded(&self, mark: u32) -> bool {
@@ -336,13 +412,21 @@ counters! {
     redirected => "l7r_connections_redirected_total";
     /// Selected destination, but the socket is excluded (cgroup, UID or mark).
     skipped_excluded => "l7r_connections_skipped_total" { "reason" = "excluded" };
+    /// Selected destination, but the task is in the attach point's own cgroup (kernel threads).
+    skipped_root_cgroup => "l7r_connections_skipped_total" { "reason" = "root_cgroup" };
+    /// Selected destination, but no proxy of its family is configured (IPv6 without --proxy6).
+    skipped_no_proxy => "l7r_connections_skipped_total" { "reason" = "no_proxy" };
     /// Selected destination, but the proxy is not ready (fail-open).
     skipped_proxy_not_ready => "l7r_connections_skipped_total" { "reason" = "proxy_not_ready" };
     /// Selected destination, but the original destination could not be recorded (no memory).
     skipped_record_failed => "l7r_connections_skipped_total" { "reason" = "record_failed" };
+    /// A steered connection that could not be published in `orig_dst` (no memory): the proxy will
+    /// find no original destination for it.
+    publish_failed => "l7r_original_dst_publish_failures_total";
     /// `SO_ORIGINAL_DST` asked by the proxy and answered from `orig_dst`.
     orig_dst_found => "l7r_original_dst_lookups_total" { "result" = "found" };
-    /// `SO_ORIGINAL_DST` asked for a connection that was not redirected.
+    /// `SO_ORIGINAL_DST` asked on a proxy socket for a connection that was not steered (it was made
+    /// to the proxy directly): answered with the proxy's own address.
     orig_dst_not_found => "l7r_original_dst_lookups_total" { "result" = "not_found" };
 }
 // Every field is a u64 listed in the table: a field left out of it would break this.

@@ -165,3 +165,48 @@ mod tests {
         assert!(!c.uid_excluded(0), "entries past the count are ignored");
     }
 }
+
+#[cfg(test)]
+mod proxy_port_tests {
+    use std::collections::BTreeSet;
+
+    use crate::{Config, Endpoint, proxy_port_for, v4_mapped};
+
+    #[test]
+    fn destinations_spread_over_the_proxy_ports_and_stay_there() {
+        let ports: BTreeSet<u16> = (0..64u16)
+            .map(|i| {
+                let dst = Endpoint::new(v4_mapped([10, 96, 0, (i % 8) as u8]), 80 + i / 8);
+                let port = proxy_port_for(&dst, 15001, 16);
+                assert!((15001..15017).contains(&port));
+                assert_eq!(port, proxy_port_for(&dst, 15001, 16), "stable");
+                port
+            })
+            .collect();
+        assert!(ports.len() >= 12, "64 destinations use only {ports:?}");
+        let one = Endpoint::new(v4_mapped([10, 96, 0, 1]), 80);
+        assert_eq!(proxy_port_for(&one, 15001, 1), 15001);
+        assert_eq!(proxy_port_for(&one, 15001, 0), 15001);
+    }
+
+    #[test]
+    fn proxy_endpoints_are_the_proxy_address_on_any_of_its_ports() {
+        let config = Config {
+            proxy4_addr: [10, 0, 0, 1],
+            proxy4_port: 15001,
+            proxy6_addr: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            proxy6_port: 15001,
+            proxy_ports: 16,
+            ..Config::default()
+        };
+        let v4 = |port| Endpoint::new(v4_mapped([10, 0, 0, 1]), port);
+        assert!(config.is_proxy_endpoint(&v4(15001)));
+        assert!(config.is_proxy_endpoint(&v4(15016)));
+        assert!(!config.is_proxy_endpoint(&v4(15017)));
+        assert!(!config.is_proxy_endpoint(&v4(15000)));
+        assert!(!config.is_proxy_endpoint(&Endpoint::new(v4_mapped([10, 0, 0, 2]), 15001)));
+        assert!(config.is_proxy_endpoint(&Endpoint::new(config.proxy6_addr, 15003)));
+        let none = Config::default();
+        assert!(!none.is_proxy_endpoint(&v4(0)), "no proxy: nothing is one");
+    }
+}

@@ -1,8 +1,10 @@
 //! `cgroup/connect4` and `cgroup/connect6`: the steering decision.
 //!
 //! A TCP connect to a selected destination, from a socket that is not excluded, while the proxy
-//! is ready, is rewritten to the proxy's address, and the original destination is stored on the
-//! socket. Everything else passes untouched; unselected traffic costs one hash lookup.
+//! is ready, is rewritten to one of the proxy's ports, and the original destination is stored on
+//! the socket. Everything else passes untouched; unselected traffic costs one hash lookup and,
+//! to forget what an earlier connect on the same socket may have recorded, one socket-storage
+//! delete (a pointer test on a socket that has none).
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
@@ -12,7 +14,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use redirector_common::{
-    Config, Endpoint, IPPROTO_TCP, MAX_EXCLUDED_CGROUPS, ServiceKey, v4_mapped,
+    Config, Endpoint, IPPROTO_TCP, MAX_EXCLUDED_CGROUPS, ServiceKey, proxy_port_for, v4_mapped,
 };
 
 use crate::{
@@ -45,6 +47,7 @@ fn try_connect4(ctx: &SockAddrContext) {
         let ip = read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes();
         let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
         let Some(proxy) = steer(ctx, Endpoint::new(v4_mapped(ip), port)) else {
+            forget(ctx);
             return;
         };
         // `steer` only answers an IPv4 proxy for an IPv4 destination.
@@ -69,6 +72,7 @@ fn try_connect6(ctx: &SockAddrContext) {
         let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
         // IPv4-mapped destinations on dual-stack sockets get the IPv4-mapped IPv4 proxy.
         let Some(proxy) = steer(ctx, Endpoint::new(addr, port)) else {
+            forget(ctx);
             return;
         };
         write_ip6(addr_of_mut!((*sa).user_ip6).cast::<u32>(), &proxy.addr);
@@ -83,19 +87,21 @@ fn steer(ctx: &SockAddrContext, dst: Endpoint) -> Option<Endpoint> {
     SERVICES.get_ptr(ServiceKey::tcp(dst.addr, dst.port))?;
     // SAFETY: index 0 of a one-element array map always exists; user space writes it whole.
     let cfg = unsafe { &*CONFIG.get_ptr(0)? };
-    let (ready, proxy) = if dst.is_v4() {
-        (
-            cfg.proxy4_ready,
-            Endpoint::new(v4_mapped(cfg.proxy4_addr), cfg.proxy4_port),
-        )
+    let (ready, proxy_addr, first_port) = if dst.is_v4() {
+        (cfg.proxy4_ready, v4_mapped(cfg.proxy4_addr), cfg.proxy4_port)
     } else {
-        (
-            cfg.proxy6_ready,
-            Endpoint::new(cfg.proxy6_addr, cfg.proxy6_port),
-        )
+        (cfg.proxy6_ready, cfg.proxy6_addr, cfg.proxy6_port)
     };
-    if ready == 0 || proxy.port == 0 {
+    if first_port == 0 {
+        bump!(skipped_no_proxy);
+        return None;
+    }
+    if ready == 0 {
         bump!(skipped_proxy_not_ready);
+        return None;
+    }
+    if kernel_or_root_task(cfg) {
+        bump!(skipped_root_cgroup);
         return None;
     }
     if excluded(ctx, cfg) {
@@ -113,7 +119,29 @@ fn steer(ctx: &SockAddrContext, dst: Endpoint) -> Option<Endpoint> {
     // SAFETY: non-null storage of this socket. A socket that connects again records anew.
     unsafe { *slot = dst };
     bump!(redirected);
-    Some(proxy)
+    let port = proxy_port_for(&dst, first_port, cfg.proxy_port_count());
+    Some(Endpoint::new(proxy_addr, port))
+}
+
+/// Drops the record an earlier, steered connect on this socket left (a connect that failed, then
+/// a new one on the same socket that is not steered): `getpeername` and `sockops` would
+/// otherwise act on it.
+#[inline(always)]
+fn forget(ctx: &SockAddrContext) {
+    // SAFETY: `sk` of a sock_addr context is a valid full socket.
+    let _ = unsafe { SOCK_ORIG_DST.delete((*ctx.sock_addr).__bindgen_anon_1.sk) };
+}
+
+/// Whether the connecting task sits in a cgroup shallower than `steer_min_level`: the attach
+/// point's own cgroup, which on a node is the root, home of the kernel's threads. A kernel
+/// socket's connect (NFS, CIFS, ceph clients) is never steered: on kernels before "net: Avoid
+/// address overwrite in kernel_connect" the rewrite would change the caller's stored server
+/// address, and its next reconnect would go to the proxy with no original destination.
+#[inline(always)]
+fn kernel_or_root_task(cfg: &Config) -> bool {
+    let level = cfg.steer_min_level;
+    // SAFETY: plain helper call; it answers 0 when the task's cgroup is shallower than `level`.
+    level != 0 && unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) } == 0
 }
 
 /// Loop prevention: the proxy's own upstream connections (and anything else the operator

@@ -22,7 +22,7 @@ use crate::{
     daemon::{self, RunOptions},
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
     k8s::{service::DEFAULT_ANNOTATION, sources::Source},
-    proxy_config::parse_mark,
+    proxy_config::{DEFAULT_PROXY_PORTS, parse_mark},
     status,
     telemetry::{self, LogFormat},
 };
@@ -151,6 +151,12 @@ pub struct RunArgs {
     /// The node proxy's IPv6 address and port.
     #[arg(long, value_name = "[IP]:PORT")]
     pub proxy6: Option<SocketAddr>,
+    /// How many consecutive ports the proxy listens on, from the --proxy (and --proxy6) port.
+    /// Each selected destination is steered to one of them (by a hash of the destination), so
+    /// a client's connections to different Services do not share one 4-tuple space: a fixed
+    /// source port still reaches two Services, and ephemeral ports last as long as direct.
+    #[arg(long, default_value_t = DEFAULT_PROXY_PORTS, value_name = "N")]
+    pub proxy_ports: u16,
     /// Where Services come from.
     #[command(flatten)]
     pub source: SourceArgs,
@@ -199,6 +205,7 @@ impl RunArgs {
         RunOptions {
             proxy: self.proxy,
             proxy6: self.proxy6,
+            proxy_ports: self.proxy_ports,
             source: self.source.source(),
             cgroup: self.cgroup.clone(),
             pin_dir: self.pin_dir.clone(),

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub proxy: Option<SocketAddr>,
     /// The IPv6 proxy.
     pub proxy6: Option<SocketAddr>,
+    /// How many consecutive ports the proxy listens on.
+    pub proxy_ports: u16,
     /// Where Services come from.
     pub source: Source,
     /// The cgroup v2 directory to attach to; `None`: the cgroup2 root.
@@ -72,9 +74,15 @@ pub struct RunOptions {
 pub async fn run(opts: RunOptions) -> Result<()> {
     // Everything that can be checked without touching the kernel is checked first.
     let mount = cgroup2_mount()?;
+    let cgroup = opts.cgroup.clone().unwrap_or_else(|| mount.clone());
+    // The attach point's own tasks (on a node: the kernel's threads in the root cgroup) are
+    // never steered; every cgroup below it is.
+    let attach_level = cgroup_ref(&cgroup, &mount)?.level;
     let settings = ProxySettings {
         proxy4: opts.proxy,
         proxy6: opts.proxy6,
+        proxy_ports: opts.proxy_ports,
+        steer_min_level: attach_level + 1,
         exclude_cgroups: opts
             .exclude_cgroups
             .iter()
@@ -85,7 +93,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         exclude_mark: opts.exclude_mark,
     };
     let mut config = settings.to_config()?;
-    let cgroup = opts.cgroup.clone().unwrap_or(mount);
     let metrics_listener = match opts.metrics_addr {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)

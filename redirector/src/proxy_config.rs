@@ -18,7 +18,20 @@ pub struct ProxySettings {
     pub exclude_uids: Vec<u32>,
     /// `(mark, mask)` never steered (`--exclude-mark MARK[/MASK]`).
     pub exclude_mark: Option<(u32, u32)>,
+    /// How many consecutive ports the proxy listens on, from the `--proxy` / `--proxy6` port
+    /// (`--proxy-ports`); 0 counts as 1.
+    pub proxy_ports: u16,
+    /// Tasks in cgroups less deep than this are never steered: one below the attach point,
+    /// whose own tasks (on a node: the kernel's threads) keep their connects. 0: no such check.
+    pub steer_min_level: u32,
 }
+
+/// The default of `--proxy-ports`: enough that steered connections to different destinations
+/// rarely share one 4-tuple space (which a client's fixed source port would find).
+pub const DEFAULT_PROXY_PORTS: u16 = 16;
+
+/// The most ports `--proxy-ports` accepts.
+pub const MAX_PROXY_PORTS: u16 = 256;
 
 /// Why settings cannot be expressed in the kernel's config.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +56,17 @@ pub enum ProxyConfigError {
         addr: SocketAddr,
         /// What kind of address it is.
         what: &'static str,
+    },
+    /// `--proxy-ports` out of range, or the range runs past port 65535.
+    #[error(
+        "--proxy-ports {count} with proxy port {first}: the proxy needs 1 to {MAX_PROXY_PORTS} \
+         consecutive ports, all below 65536"
+    )]
+    BadPortCount {
+        /// The first port.
+        first: u16,
+        /// How many.
+        count: u16,
     },
     /// Neither proxy given.
     #[error("no proxy address: pass --proxy IP:PORT (and/or --proxy6 [IP]:PORT)")]
@@ -98,10 +122,17 @@ fn not_a_node_address(ip: IpAddr) -> Option<&'static str> {
     })
 }
 
-/// Checks one proxy address: a port, and an address of the node.
-fn check_proxy(p: SocketAddr) -> Result<(), ProxyConfigError> {
+/// Checks one proxy address: ports, and an address of the node.
+fn check_proxy(p: SocketAddr, count: u16) -> Result<(), ProxyConfigError> {
     if p.port() == 0 {
         return Err(ProxyConfigError::PortZero(p));
+    }
+    let count = count.max(1);
+    if count > MAX_PROXY_PORTS || u32::from(p.port()) + u32::from(count) - 1 > 65535 {
+        return Err(ProxyConfigError::BadPortCount {
+            first: p.port(),
+            count,
+        });
     }
     if let Some(what) = not_a_node_address(p.ip()) {
         return Err(ProxyConfigError::NotANodeAddress { addr: p, what });
@@ -110,6 +141,18 @@ fn check_proxy(p: SocketAddr) -> Result<(), ProxyConfigError> {
 }
 
 impl ProxySettings {
+    /// Every address the proxy listens on: each proxy address with each of its ports.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        let count = self.proxy_ports.max(1);
+        self.proxy4
+            .iter()
+            .chain(&self.proxy6)
+            .flat_map(|p| {
+                (0..count).map(move |i| SocketAddr::new(p.ip(), p.port().wrapping_add(i)))
+            })
+            .collect()
+    }
+
     /// The config entry, with both proxies marked not ready: readiness is the health checker's
     /// to set, once it has seen the proxy accept a connection.
     pub fn to_config(&self) -> Result<Config, ProxyConfigError> {
@@ -121,7 +164,7 @@ impl ProxySettings {
             let IpAddr::V4(ip) = p.ip() else {
                 return Err(ProxyConfigError::Proxy4NotV4(p));
             };
-            check_proxy(p)?;
+            check_proxy(p, self.proxy_ports)?;
             config.proxy4_addr = ip.octets();
             config.proxy4_port = p.port();
         }
@@ -129,10 +172,12 @@ impl ProxySettings {
             let IpAddr::V6(ip) = p.ip() else {
                 return Err(ProxyConfigError::Proxy6NotV6(p));
             };
-            check_proxy(p)?;
+            check_proxy(p, self.proxy_ports)?;
             config.proxy6_addr = ip.octets();
             config.proxy6_port = p.port();
         }
+        config.proxy_ports = self.proxy_ports.max(1);
+        config.steer_min_level = self.steer_min_level;
         if self.exclude_uids.len() > MAX_EXCLUDED_UIDS {
             return Err(ProxyConfigError::TooManyUids(self.exclude_uids.len()));
         }
@@ -238,6 +283,33 @@ mod tests {
             );
         }
         assert!(v4().to_config().is_ok());
+    }
+
+    #[test]
+    fn proxy_ports_are_a_range_below_65536() {
+        let mut s = v4();
+        s.proxy_ports = 16;
+        let c = s.to_config().unwrap();
+        assert_eq!(c.proxy_port_count(), 16);
+        assert_eq!(s.endpoints().len(), 16);
+        assert_eq!(s.endpoints()[15].port(), 15016);
+        s.proxy_ports = 0;
+        assert_eq!(
+            s.to_config().unwrap().proxy_port_count(),
+            1,
+            "0 counts as 1"
+        );
+        s.proxy_ports = MAX_PROXY_PORTS + 1;
+        assert!(matches!(
+            s.to_config(),
+            Err(ProxyConfigError::BadPortCount { .. })
+        ));
+        s.proxy4 = Some("10.0.0.1:65530".parse().unwrap());
+        s.proxy_ports = 16;
+        assert!(matches!(
+            s.to_config(),
+            Err(ProxyConfigError::BadPortCount { .. })
+        ));
     }
 
     #[test]

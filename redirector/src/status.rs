@@ -35,8 +35,10 @@ pub struct StatusReport {
 /// A proxy address and its readiness.
 #[derive(Debug, Serialize)]
 pub struct ProxyStatus {
-    /// `ip:port`.
+    /// `ip:port`: the first port.
     pub address: SocketAddr,
+    /// How many consecutive ports from `address`'s the proxy listens on.
+    pub ports: u16,
     /// Whether new connections are steered to it.
     pub ready: bool,
 }
@@ -126,10 +128,12 @@ pub fn build(
         pin_dir,
         proxy4: config.proxy4().map(|address| ProxyStatus {
             address,
+            ports: config.proxy_port_count(),
             ready: config.proxy4_ready != 0,
         }),
         proxy6: config.proxy6().map(|address| ProxyStatus {
             address,
+            ports: config.proxy_port_count(),
             ready: config.proxy6_ready != 0,
         }),
         exclusions: Exclusions {
@@ -153,8 +157,13 @@ pub fn render_text(r: &StatusReport) -> String {
     let mut out = String::new();
     let proxy = |p: &Option<ProxyStatus>| match p {
         Some(p) => format!(
-            "{} ({})",
+            "{}{} ({})",
             p.address,
+            if p.ports > 1 {
+                format!("-{}", p.address.port().saturating_add(p.ports - 1))
+            } else {
+                String::new()
+            },
             if p.ready {
                 "ready"
             } else {
@@ -227,6 +236,7 @@ mod tests {
             proxy4_addr: [10, 0, 0, 1],
             proxy4_port: 15001,
             proxy4_ready: 1,
+            proxy_ports: 16,
             exclude_uid_count: 1,
             ..Config::default()
         };
@@ -268,7 +278,7 @@ mod tests {
         assert!(r.proxy6.is_none());
         let text = render_text(&r);
         assert!(
-            text.contains("proxy (IPv4): 10.0.0.1:15001 (ready)"),
+            text.contains("proxy (IPv4): 10.0.0.1:15001-15016 (ready)"),
             "{text}"
         );
         assert!(text.contains("uids [1337]"), "{text}");

@@ -214,6 +214,45 @@ impl EnvoyBootstrap {
         Ok(u16::try_from(port)?)
     }
 
+    /// Every port the listener binds: its address's and its additional addresses'.
+    fn listener_ports(&self) -> Result<BTreeSet<u16>> {
+        let listener = self.listener()?;
+        let mut ports = BTreeSet::from([self.listener_port()?]);
+        for extra in listener["additional_addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let port = extra["address"]["socket_address"]["port_value"]
+                .as_u64()
+                .context("an additional address has no port_value")?;
+            ports.insert(u16::try_from(port)?);
+        }
+        Ok(ports)
+    }
+
+    /// The ports whose connections from the node to itself the loop guard closes: the keys of
+    /// the listener matcher's destination-port map whose branch names the `loop_guard` chain.
+    fn loop_guard_ports(&self) -> Result<BTreeSet<u16>> {
+        let map = self
+            .listener()?
+            .pointer("/filter_chain_matcher/matcher_tree/exact_match_map/map")
+            .and_then(Value::as_object)
+            .context("the l7_redirect listener has no destination-port map in its matcher")?;
+        let mut ports = BTreeSet::new();
+        for (port, branch) in map {
+            let mut names = BTreeSet::new();
+            collect_strings(branch, "name", &mut names);
+            if names.contains("loop_guard") {
+                ports.insert(
+                    port.parse::<u16>()
+                        .with_context(|| format!("port key {port:?}"))?,
+                );
+            }
+        }
+        Ok(ports)
+    }
+
     /// The SO_MARK every upstream connection carries: each cluster the listener can send to
     /// must set the same one, before connecting.
     fn upstream_mark(&self) -> Result<u32> {
@@ -556,6 +595,20 @@ fn redirector_args_parse_with_the_real_cli_and_agree_with_envoy() -> Result<()> 
         proxy.port() == listener_port,
         "--proxy port {} is not Envoy's listener port {listener_port}",
         proxy.port()
+    );
+    // The redirector steers to --proxy-ports consecutive ports: Envoy must listen on each, and
+    // guard each against connecting to itself.
+    let steered: BTreeSet<u16> = (0..args.proxy_ports).map(|i| proxy.port() + i).collect();
+    ensure!(
+        bootstrap.listener_ports()? == steered,
+        "Envoy listens on {:?}, the redirector steers to {steered:?} (--proxy-ports {})",
+        bootstrap.listener_ports()?,
+        args.proxy_ports
+    );
+    ensure!(
+        bootstrap.loop_guard_ports()? == steered,
+        "the loop guard covers {:?}, the proxy ports are {steered:?}",
+        bootstrap.loop_guard_ports()?
     );
 
     // Envoy's upstream connections must be exempt from steering, or they loop back to it.

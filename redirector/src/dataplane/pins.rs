@@ -71,7 +71,10 @@ pub(super) fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
 }
 
 /// Refuses to adopt pinned maps whose key or value layout differs from this build's: aya would
-/// reuse them blindly and the programs would read garbage.
+/// reuse them blindly and the programs would read garbage. The counters are the exception:
+/// they hold nothing that must survive, so a `counters` map of another layout (a version that
+/// counts other things) is unpinned, and created anew by the load; the old programs keep
+/// their own reference to the old map until their links are replaced.
 pub(super) fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
     use std::mem::size_of;
     let expected: [(&'static str, u32, u32); 5] = [
@@ -99,6 +102,14 @@ pub(super) fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
             ("key size", info.key_size(), key_size),
             ("value size", info.value_size(), value_size),
         ] {
+            if found != want && name == map_names::COUNTERS {
+                info!(
+                    pin = %path.display(),
+                    "the pinned counters have another layout (an earlier version); starting them anew"
+                );
+                fs::remove_file(&path).map_err(pin_err("cannot unpin", &path))?;
+                break;
+            }
             if found != want {
                 return Err(DataplaneError::IncompatiblePin {
                     path,

@@ -13,6 +13,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -52,8 +53,10 @@ pub const BACKEND6: &str = "fd77:2::2";
 pub const SERVICE_PORT: u16 = 8080;
 /// A backend port the tests never select.
 pub const OTHER_PORT: u16 = 8081;
-/// The proxy's port.
+/// The proxy's first port.
 pub const PROXY_PORT: u16 = 15001;
+/// How many consecutive ports the proxy listens on, as the daemon's default.
+pub const PROXY_PORTS: u16 = redirector::proxy_config::DEFAULT_PROXY_PORTS;
 
 /// `ip:port` from constants.
 pub fn sa(ip: &str, port: u16) -> SocketAddr {
@@ -72,6 +75,8 @@ pub struct LabOptions {
     /// Load and attach the dataplane in this process (the datapath tests); `false` leaves it
     /// to a `redirector run` the test starts (the daemon tests).
     pub attach: bool,
+    /// Configure the IPv6 proxy too.
+    pub proxy6: bool,
 }
 
 impl Default for LabOptions {
@@ -81,6 +86,7 @@ impl Default for LabOptions {
             exclude_uids: Vec::new(),
             exclude_mark: None,
             attach: true,
+            proxy6: true,
         }
     }
 }
@@ -127,7 +133,7 @@ pub struct Lab {
     /// Backend pods added with [`Lab::add_backend_pod`].
     pub extra_backends: Vec<Netns>,
     cgroups: CgroupTree,
-    _backend: Backend,
+    backend: Backend,
 }
 
 impl Lab {
@@ -160,9 +166,12 @@ impl Lab {
         if options.exclude_proxy_cgroup {
             exclude_cgroups.push(cgroup_ref(&proxy_cgroup, &cgroup2_mount()?)?);
         }
+        let steer_min_level = cgroup_ref(cgroups.root(), &cgroup2_mount()?)?.level + 1;
         let settings = ProxySettings {
             proxy4: Some(sa(NODE4, PROXY_PORT)),
-            proxy6: Some(sa(NODE6, PROXY_PORT)),
+            proxy6: options.proxy6.then(|| sa(NODE6, PROXY_PORT)),
+            proxy_ports: PROXY_PORTS,
+            steer_min_level,
             exclude_cgroups,
             exclude_uids: options.exclude_uids.clone(),
             exclude_mark: options.exclude_mark,
@@ -180,7 +189,7 @@ impl Lab {
             dataplane: None,
             extra_backends: Vec::new(),
             cgroups,
-            _backend: backend,
+            backend,
         };
         if !lab.options.attach {
             return Ok(lab);
@@ -195,6 +204,11 @@ impl Lab {
         dp.set_proxy_ready(true, true)?;
         lab.dataplane = Some(dp);
         Ok(lab)
+    }
+
+    /// Every line the backend pod received so far.
+    pub fn backend_received(&self) -> Vec<String> {
+        self.backend.received()
     }
 
     /// The root of the lab's cgroup tree, where the programs are attached.
@@ -241,6 +255,7 @@ impl Lab {
         if let Some(p) = self.settings.proxy6 {
             args.extend(["--proxy6".into(), p.to_string()]);
         }
+        args.extend(["--proxy-ports".into(), PROXY_PORTS.to_string()]);
         if self.options.exclude_proxy_cgroup {
             args.extend([
                 "--exclude-cgroup".into(),
@@ -347,13 +362,20 @@ impl Lab {
             .expect("the lab always holds a dataplane")
     }
 
-    /// Starts the test proxy on the node, listening on both proxy addresses.
+    /// Starts the test proxy on the node, listening on every proxy address and port.
     pub fn start_proxy(&self, upstream: Upstream) -> Result<TestProxy> {
+        self.start_proxy_with(upstream, Duration::ZERO)
+    }
+
+    /// [`Lab::start_proxy`] with a proxy that waits `delay` after accepting a connection before
+    /// it asks for the original destination, as a busy proxy does.
+    pub fn start_proxy_with(&self, upstream: Upstream, delay: Duration) -> Result<TestProxy> {
         TestProxy::start(
             &self.node_ns,
             &self.proxy_cgroup,
-            &[sa(NODE4, PROXY_PORT), sa(NODE6, PROXY_PORT)],
+            &self.settings.endpoints(),
             upstream,
+            delay,
         )
     }
 
@@ -401,6 +423,7 @@ impl Lab {
         if let Some(p) = self.settings.proxy6 {
             cmd.arg("--proxy6").arg(p.to_string());
         }
+        cmd.arg("--proxy-ports").arg(PROXY_PORTS.to_string());
         if self.options.exclude_proxy_cgroup {
             cmd.arg("--exclude-cgroup").arg(&self.proxy_cgroup);
         }

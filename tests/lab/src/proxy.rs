@@ -52,12 +52,14 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
-    /// Listens on `addrs` inside `ns`, with its sockets in `cgroup`.
+    /// Listens on `addrs` inside `ns`, with its sockets in `cgroup`; each accepted connection
+    /// waits `delay` before the proxy asks for its original destination.
     pub fn start(
         ns: &Netns,
         cgroup: &Path,
         addrs: &[SocketAddr],
         upstream: Upstream,
+        delay: Duration,
     ) -> Result<Self> {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let own_addrs: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
@@ -75,7 +77,10 @@ impl TestProxy {
                     let log = Arc::clone(&log);
                     let cgroup = cgroup.clone();
                     let own = own.clone();
-                    thread::spawn(move || handle(stream, peer, upstream, &cgroup, &own, &log));
+                    thread::spawn(move || {
+                        thread::sleep(delay);
+                        handle(stream, peer, upstream, &cgroup, &own, &log)
+                    });
                 }
             })?;
             listeners.push(listener);

@@ -24,6 +24,8 @@ struct Args {
     proxy: Option<SocketAddr>,
     #[arg(long)]
     proxy6: Option<SocketAddr>,
+    #[arg(long, default_value_t = 1)]
+    proxy_ports: u16,
     #[arg(long)]
     exclude_cgroup: Vec<PathBuf>,
     #[arg(long)]
@@ -46,6 +48,8 @@ fn main() -> Result<()> {
     let settings = ProxySettings {
         proxy4: args.proxy,
         proxy6: args.proxy6,
+        proxy_ports: args.proxy_ports,
+        steer_min_level: cgroup_ref(&args.cgroup, &mount)?.level + 1,
         exclude_cgroups: args
             .exclude_cgroup
             .iter()

@@ -7,11 +7,13 @@ use std::{net::IpAddr, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use l7r_lab::{
+    client::connect_stream,
     daemon::eventually,
-    e2e::{World, web_service},
+    e2e::{HTTP_PORT, World, web_service},
     envoy,
-    http::Response,
-    lab::{CLIENT4, NODE4_UPSTREAM},
+    http::{HttpConn, Response},
+    lab::{BACKEND4, CLIENT4, NODE4, NODE4_UPSTREAM, PROXY_PORT, sa},
+    manifests::ServiceSpec,
     sys::{TempFile, unique_id},
 };
 
@@ -185,5 +187,73 @@ fn envoy_accepts_the_bootstrap() -> Result<()> {
         "`envoy --mode validate` rejects deploy/envoy.yaml ({}):\n{stdout}{stderr}",
         output.status
     );
+    Ok(())
+}
+
+/// A selected Service whose port is one of the proxy's own (15001 here) is proxied like any
+/// other: the loop guard tells a connection made to Envoy itself from one steered to a Service
+/// on that port.
+#[test]
+fn a_selected_service_on_the_proxy_port_is_proxied() -> Result<()> {
+    let on_proxy_port = ServiceSpec {
+        name: "on-proxy-port".into(),
+        cluster_ip: "10.96.0.11".into(),
+        port: PROXY_PORT,
+        ..web_service(Some("true"))
+    };
+    let yaml = format!(
+        "{}---\n{}",
+        web_service(Some("true")).yaml(),
+        on_proxy_port.yaml()
+    );
+    let w = World::new(EXE, &yaml, true)?;
+    let service = sa("10.96.0.11", PROXY_PORT);
+    w.lab.emulate_cluster_ip(service, sa(BACKEND4, HTTP_PORT))?;
+    eventually(
+        "the Service on the proxy port selected",
+        Duration::from_secs(5),
+        || {
+            Ok(w.lab
+                .pinned_destinations()?
+                .contains(&service)
+                .then_some(()))
+        },
+    )?;
+    let stream = connect_stream(&w.lab.client_ns, &w.lab.client_cgroup, service)?;
+    let r = ok(HttpConn::new(stream, "on-proxy-port.shop")?.request("GET", "/port")?)?;
+    assert!(r.via_envoy(), "{r:?}");
+    assert_eq!(
+        r.body,
+        format!("hello from the backend; you are {NODE4_UPSTREAM}\n")
+    );
+    let lines = w.envoy.wait_for_log_lines(1)?;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["path"] == "/port" && l["downstream_local_address"] == service.to_string()),
+        "{lines:#?}"
+    );
+    Ok(())
+}
+
+/// A connection made straight to Envoy's port (not steered) is forwarded once, to Envoy
+/// itself, and that second connection (from the node to the node) is closed by the loop guard:
+/// no loop, one access log line.
+#[test]
+fn a_connection_made_straight_to_envoy_does_not_loop() -> Result<()> {
+    let w = world(true)?;
+    let direct = sa(NODE4, PROXY_PORT);
+    let stream = connect_stream(&w.lab.client_ns, &w.lab.client_cgroup, direct)?;
+    let r = HttpConn::new(stream, "envoy")?.request("GET", "/direct-to-envoy")?;
+    assert_eq!(r.status, 503, "Envoy cannot forward to itself: {r:?}");
+    // Give a loop time to show (each turn would add a line), then count.
+    std::thread::sleep(Duration::from_secs(2));
+    let lines: Vec<_> = w
+        .envoy
+        .access_log()?
+        .into_iter()
+        .filter(|l| l["path"] == "/direct-to-envoy")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
     Ok(())
 }

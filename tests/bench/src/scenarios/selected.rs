@@ -183,15 +183,18 @@ fn setup(
             baselines::apply_nft(rules_ns, &baselines::nft_ruleset(&redirect, &selected()))?;
         }
         Steering::Redirector => {
+            // One proxy port, as REDIRECT has: the Rust proxy listens on that one.
+            lab.settings.proxy_ports = 1;
+            let mut config = lab.settings.to_config()?;
             if placement == Placement::Host {
                 // The proxy listens in the client's own namespace: rewrite to loopback, where
-                // REDIRECT sends its connections too.
-                lab.settings.proxy4 =
-                    Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PROXY_PORT));
-                let config = lab.settings.to_config()?;
-                lab.dp().set_config(&config)?;
-                lab.dp().set_proxy_ready(true, true)?;
+                // REDIRECT sends its connections too. `redirector run` refuses a loopback
+                // proxy (a pod's loopback is not the node's); this one-namespace setup is the
+                // benchmark's own, so the config is written directly.
+                config.proxy4_addr = Ipv4Addr::LOCALHOST.octets();
             }
+            lab.dp().set_config(&config)?;
+            lab.dp().set_proxy_ready(true, true)?;
             for d in selected() {
                 lab.select(SocketAddr::V4(d))?;
             }

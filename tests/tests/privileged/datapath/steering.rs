@@ -1,6 +1,4 @@
-//! Privileged tests of the kernel datapath: real programs loaded into the real kernel, attached
-//! to a child cgroup, real sockets in network namespaces. Each test builds its own [`Lab`] and
-//! tears it down on every path. Run as root: `sudo cargo xtask test`.
+//! Steering: what goes through the proxy and what does not, with what original destination.
 //!
 //! The backend answers with the peer address it saw, so "proxied" is observable end to end:
 //! the node's address means the connection came through the proxy, the client's means direct.

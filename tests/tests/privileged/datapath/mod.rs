@@ -1,0 +1,16 @@
+//! Privileged tests of the kernel datapath: the real programs in the real kernel, attached to a
+//! child cgroup, driven in-process through the dataplane, with real sockets in network
+//! namespaces. These are the tests the kernel matrix runs on every kernel
+//! (`cargo xtask vm-test`); each builds its own [`Lab`](l7r_lab::lab::Lab) and tears it down on
+//! every path.
+//!
+//! - [`steering`]: what is steered and what is not, the original destination, exclusions,
+//!   fail-open, restarts, churn.
+//! - [`side_effects`]: everything else on the node answers as without the programs (other
+//!   sockets' getsockopt, iptables).
+//! - [`bookkeeping`]: the per-connection records under the harder cases (slow proxies,
+//!   write-then-close clients, reconnects, fixed source ports, look-alike sockets).
+
+mod bookkeeping;
+mod side_effects;
+mod steering;
