@@ -88,7 +88,11 @@ fn steer(ctx: &SockAddrContext, dst: Endpoint) -> Option<Endpoint> {
     // SAFETY: index 0 of a one-element array map always exists; user space writes it whole.
     let cfg = unsafe { &*CONFIG.get_ptr(0)? };
     let (ready, proxy_addr, first_port) = if dst.is_v4() {
-        (cfg.proxy4_ready, v4_mapped(cfg.proxy4_addr), cfg.proxy4_port)
+        (
+            cfg.proxy4_ready,
+            v4_mapped(cfg.proxy4_addr),
+            cfg.proxy4_port,
+        )
     } else {
         (cfg.proxy6_ready, cfg.proxy6_addr, cfg.proxy6_port)
     };

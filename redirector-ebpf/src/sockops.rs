@@ -123,7 +123,11 @@ fn local_endpoint(ops: *mut bpf_sock_ops) -> Endpoint {
         let family = read_volatile(addr_of!((*ops).family));
         let ip4 = read_volatile(addr_of!((*ops).local_ip4)).to_ne_bytes();
         let ip6 = read_ip6(addr_of!((*ops).local_ip6).cast::<u32>());
-        let addr = if family == u32::from(AF_INET) { v4_mapped(ip4) } else { ip6 };
+        let addr = if family == u32::from(AF_INET) {
+            v4_mapped(ip4)
+        } else {
+            ip6
+        };
         Endpoint::new(addr, port)
     }
 }
@@ -138,7 +142,11 @@ fn remote_endpoint(ops: *mut bpf_sock_ops) -> Endpoint {
         let family = read_volatile(addr_of!((*ops).family));
         let ip4 = read_volatile(addr_of!((*ops).remote_ip4)).to_ne_bytes();
         let ip6 = read_ip6(addr_of!((*ops).remote_ip6).cast::<u32>());
-        let addr = if family == u32::from(AF_INET) { v4_mapped(ip4) } else { ip6 };
+        let addr = if family == u32::from(AF_INET) {
+            v4_mapped(ip4)
+        } else {
+            ip6
+        };
         Endpoint::new(addr, port)
     }
 }
