@@ -15,7 +15,12 @@ pub(super) type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     /// The running kernel is older than the programs need.
-    #[error("kernel {found} is too old: the redirector needs Linux {}.{} or newer", MIN_KERNEL.0, MIN_KERNEL.1)]
+    #[error(
+        "kernel {found} is too old: the redirector needs Linux {}.{} or newer (its programs attach \
+         as cgroup bpf_links, 5.7+, and hook getpeername, 5.8+; {}.{} is the oldest kernel it is \
+         tested on)",
+        MIN_KERNEL.0, MIN_KERNEL.1, MIN_KERNEL.0, MIN_KERNEL.1
+    )]
     KernelTooOld {
         /// The running kernel's version.
         found: String,

@@ -49,8 +49,11 @@ use self::{
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/l7-redirector";
 
-/// Oldest kernel the programs are written for (bpf_link for cgroups, sk_storage in sock_addr
-/// programs, narrow `bpf_sock` loads).
+/// The oldest kernel the redirector runs on: the oldest of the kernel matrix
+/// (`cargo xtask vm-test`). What the programs use needs 5.8 (cgroup bpf_link attachments 5.7,
+/// `bpf_get_current_ancestor_cgroup_id` in sock_addr programs 5.7, the getpeername hooks 5.8;
+/// socket storage from sock_addr and sockops programs and the sockopt hook are older), but
+/// nothing older than 5.10 is tested.
 pub(crate) const MIN_KERNEL: (u8, u8) = (5, 10);
 
 /// How to load the dataplane.
