@@ -46,8 +46,9 @@ fn try_connect4(ctx: &SockAddrContext) {
         bump!(seen);
         let ip = read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes();
         let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
-        let Some(proxy) = steer(ctx, Endpoint::new(v4_mapped(ip), port)) else {
-            forget(ctx);
+        let dst = Endpoint::new(v4_mapped(ip), port);
+        let Some(proxy) = steer(ctx, dst) else {
+            forget(ctx, &dst);
             return;
         };
         // `steer` only answers an IPv4 proxy for an IPv4 destination.
@@ -71,8 +72,9 @@ fn try_connect6(ctx: &SockAddrContext) {
         let addr = read_ip6(addr_of!((*sa).user_ip6).cast::<u32>());
         let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
         // IPv4-mapped destinations on dual-stack sockets get the IPv4-mapped IPv4 proxy.
-        let Some(proxy) = steer(ctx, Endpoint::new(addr, port)) else {
-            forget(ctx);
+        let dst = Endpoint::new(addr, port);
+        let Some(proxy) = steer(ctx, dst) else {
+            forget(ctx, &dst);
             return;
         };
         write_ip6(addr_of_mut!((*sa).user_ip6).cast::<u32>(), &proxy.addr);
@@ -130,8 +132,17 @@ fn steer(ctx: &SockAddrContext, dst: Endpoint) -> Option<Endpoint> {
 /// Drops the record an earlier, steered connect on this socket left (a connect that failed, then
 /// a new one on the same socket that is not steered): `getpeername` and `sockops` would
 /// otherwise act on it.
+///
+/// A connect to one of the proxy's own endpoints keeps its record: while the daemon replaces
+/// its links, the previous run's program runs first on the same connect, has just steered it
+/// and recorded the destination, and this one must not undo that. (A socket that connects to
+/// the proxy directly after a failed steered connect keeps that connect's destination, which
+/// is where it had asked to go.)
 #[inline(always)]
-fn forget(ctx: &SockAddrContext) {
+fn forget(ctx: &SockAddrContext, dst: &Endpoint) {
+    if CONFIG.get(0).is_some_and(|cfg| cfg.is_proxy_endpoint(dst)) {
+        return;
+    }
     // SAFETY: `sk` of a sock_addr context is a valid full socket.
     let _ = unsafe { SOCK_ORIG_DST.delete((*ctx.sock_addr).__bindgen_anon_1.sk) };
 }

@@ -109,9 +109,15 @@ fn try_answer(ctx: &SockoptContext) -> bool {
             write_volatile(optval.cast::<[u8; SOCKADDR_IN_LEN]>(), buf);
             SOCKADDR_IN_LEN
         };
+        // The kernel fails SO_ORIGINAL_DST for a steered connection (conntrack saw no NAT), so a
+        // call that arrives here already answered was answered by an earlier program of the
+        // chain: the previous run's, while the daemon replaces its links. Count each call once.
+        let answered_before = read_volatile(addr_of!((*so).retval)) == 0;
         write_volatile(addr_of_mut!((*so).optlen), written as i32);
         write_volatile(addr_of_mut!((*so).retval), 0);
-        if found {
+        if answered_before {
+            // Nothing to count.
+        } else if found {
             bump!(orig_dst_found);
         } else {
             bump!(orig_dst_not_found);

@@ -193,7 +193,8 @@ impl Dataplane {
     /// Attaches every program to the cgroup v2 directory `cgroup` and pins the links. Links a
     /// previous run pinned are replaced: the new program is attached first, then the old link
     /// is released, so there is no moment in which a new connection goes unsteered (for that
-    /// instant both run; the second sees the proxy address, which is never selected).
+    /// instant both run: the second sees the proxy address the first wrote, which is never
+    /// selected, keeps the first one's record and counts nothing twice).
     pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
         cgroup::check_cgroup2(cgroup)?;
         let cgroup_dir = fs::File::open(cgroup).map_err(|source| CgroupError::Io {

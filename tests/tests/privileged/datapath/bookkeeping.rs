@@ -17,6 +17,7 @@ use l7r_lab::{
         PROXY_PORT, PROXY_PORTS, SERVICE_PORT, sa,
     },
     proxy::{Upstream, original_dst},
+    sys::run,
 };
 use redirector_common::{Endpoint, proxy_port_for};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -261,5 +262,108 @@ fn without_an_ipv6_proxy_ipv6_destinations_go_direct_and_say_why() -> Result<()>
     let c = lab.dp().counters()?;
     assert_eq!((c.skipped_no_proxy, c.skipped_proxy_not_ready), (1, 0));
     assert_eq!(client.peer_addr()?, service());
+    Ok(())
+}
+
+/// Every program of the lab attached a second time to the lab's cgroup, after the first, as the
+/// daemon's link replacement leaves them for a moment (the previous run's program runs first,
+/// then the new one). Attached with bpftool (`BPF_PROG_ATTACH`, multi), detached on drop.
+struct SecondAttachment {
+    cgroup: String,
+    attached: Vec<(&'static str, String)>,
+}
+
+impl SecondAttachment {
+    fn of(lab: &Lab) -> Result<Self> {
+        let mut second = Self {
+            cgroup: lab.cgroup_root().to_string_lossy().into_owned(),
+            attached: Vec::new(),
+        };
+        for (program, attach_type) in [
+            ("connect4", "connect4"),
+            ("connect6", "connect6"),
+            ("track_connection", "sock_ops"),
+            ("getsockopt", "getsockopt"),
+            ("getpeername4", "getpeername4"),
+            ("getpeername6", "getpeername6"),
+        ] {
+            let pin = lab.pin_dir.join("links").join(program);
+            let info = run(
+                "bpftool",
+                &["-j", "link", "show", "pinned", &pin.to_string_lossy()],
+            )?;
+            let info: serde_json::Value = serde_json::from_str(&info)
+                .with_context(|| format!("bpftool link show pinned {}: {info}", pin.display()))?;
+            let id = info["prog_id"]
+                .as_u64()
+                .with_context(|| format!("no prog_id for {program}: {info}"))?
+                .to_string();
+            run(
+                "bpftool",
+                &[
+                    "cgroup",
+                    "attach",
+                    &second.cgroup,
+                    attach_type,
+                    "id",
+                    &id,
+                    "multi",
+                ],
+            )?;
+            second.attached.push((attach_type, id));
+        }
+        Ok(second)
+    }
+}
+
+impl Drop for SecondAttachment {
+    fn drop(&mut self) {
+        for (attach_type, id) in &self.attached {
+            if let Err(e) = run(
+                "bpftool",
+                &["cgroup", "detach", &self.cgroup, attach_type, "id", id],
+            ) {
+                eprintln!("cannot detach the second {attach_type} program: {e:#}");
+            }
+        }
+    }
+}
+
+/// While links are replaced both generations run on every connect: the second sees the proxy's
+/// address the first wrote. Each connection must still be steered once, reach the backend with
+/// its original destination, and be counted once.
+#[test]
+fn connections_made_while_links_are_replaced_keep_their_destination() -> Result<()> {
+    const CONNECTIONS: u64 = 20;
+    let mut lab = Lab::new()?;
+    let _proxy = lab.start_proxy(Upstream::Plain)?;
+    lab.select(service())?;
+    let second = SecondAttachment::of(&lab)?;
+    let before = lab.dp().counters()?;
+    for i in 0..CONNECTIONS {
+        let mut client = lab.connect(service())?;
+        let seen = client
+            .ask(&format!("during replacement {i}"))
+            .with_context(|| format!("connection {i} made while both programs run"))?;
+        assert_eq!(
+            seen,
+            ip(NODE4_UPSTREAM),
+            "connection {i} went through the proxy"
+        );
+        assert_eq!(
+            client.peer_addr()?,
+            service(),
+            "getpeername of connection {i}"
+        );
+    }
+    let after = lab.dp().counters()?;
+    assert_eq!(
+        after.redirected - before.redirected,
+        CONNECTIONS,
+        "steered once each"
+    );
+    assert_eq!(after.orig_dst_found - before.orig_dst_found, CONNECTIONS);
+    assert_eq!(after.orig_dst_not_found - before.orig_dst_not_found, 0);
+    drop(second);
     Ok(())
 }
