@@ -22,7 +22,9 @@ use crate::{
     daemon::{self, RunOptions},
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
     k8s::{service::DEFAULT_ANNOTATION, sources::Source},
-    proxy_config::{DEFAULT_PROXY_PORTS, parse_mark},
+    proxy_config::{
+        DEFAULT_PROXY_PORT, DEFAULT_PROXY_PORTS, ProxyConfigError, parse_mark, resolve_proxies,
+    },
     status,
     telemetry::{self, LogFormat},
 };
@@ -32,7 +34,7 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => {
             telemetry::init(args.log_format);
-            runtime()?.block_on(daemon::run(args.options()))
+            runtime()?.block_on(daemon::run(args.options()?))
         }
         Command::Collect(args) => {
             telemetry::init(args.log_format);
@@ -146,11 +148,30 @@ impl SourceArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The node proxy's IPv4 address and port (Envoy's listener with the original_dst filter).
-    #[arg(long, value_name = "IP:PORT", required_unless_present = "proxy6")]
+    /// An IPv6 `[IP]:PORT` here is the IPv6 proxy, as on an IPv6-only node.
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        required_unless_present_any = ["proxy6", "node_ips"]
+    )]
     pub proxy: Option<SocketAddr>,
     /// The node proxy's IPv6 address and port.
     #[arg(long, value_name = "[IP]:PORT")]
     pub proxy6: Option<SocketAddr>,
+    /// The node's addresses, comma-separated, as the DaemonSet gets them from the downward API
+    /// (`status.hostIPs`): the proxy listens on the first IPv4 one and on the first IPv6 one,
+    /// at --proxy-port. Instead of --proxy and --proxy6; works the same on IPv4-only,
+    /// IPv6-only and dual-stack nodes.
+    #[arg(
+        long,
+        value_name = "IP[,IP]",
+        value_delimiter = ',',
+        conflicts_with_all = ["proxy", "proxy6"]
+    )]
+    pub node_ips: Vec<IpAddr>,
+    /// The proxy's first port, with --node-ips.
+    #[arg(long, default_value_t = DEFAULT_PROXY_PORT, value_name = "PORT")]
+    pub proxy_port: u16,
     /// How many consecutive ports the proxy listens on, from the --proxy (and --proxy6) port.
     /// Each selected destination is steered to one of them (by a hash of the destination), so
     /// a client's connections to different Services do not share one 4-tuple space: a fixed
@@ -200,11 +221,13 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The daemon's options.
-    pub fn options(&self) -> RunOptions {
-        RunOptions {
-            proxy: self.proxy,
-            proxy6: self.proxy6,
+    /// The daemon's options; fails when the proxy flags do not name one proxy per family.
+    pub fn options(&self) -> Result<RunOptions, ProxyConfigError> {
+        let (proxy, proxy6) =
+            resolve_proxies(self.proxy, self.proxy6, &self.node_ips, self.proxy_port)?;
+        Ok(RunOptions {
+            proxy,
+            proxy6,
             proxy_ports: self.proxy_ports,
             source: self.source.source(),
             cgroup: self.cgroup.clone(),
@@ -217,7 +240,7 @@ impl RunArgs {
             proxy_check_interval: self.proxy_check_interval,
             shutdown_grace: self.shutdown_grace,
             services_capacity: self.services_capacity,
-        }
+        })
     }
 }
 
@@ -421,7 +444,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("run expected");
         };
-        let o = args.options();
+        let o = args.options().unwrap();
         assert_eq!(o.source, Source::File("/s.yaml".into()));
         assert_eq!(o.exclude_uids, [1337, 0]);
         assert_eq!(o.exclude_mark, Some((0x100, 0xf00)));
@@ -535,6 +558,40 @@ mod tests {
                 "b"
             ])
             .is_err()
+        );
+    }
+
+    fn run_options(args: &[&str]) -> Result<RunOptions, String> {
+        let cli = Cli::try_parse_from(["redirector", "run"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command else {
+            panic!("run expected");
+        };
+        run.options().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn node_ips_name_both_proxies_as_the_daemonset_passes_them() {
+        let o = run_options(&["--node-ips", "10.0.0.5,fd00::5"]).unwrap();
+        assert_eq!(o.proxy, Some("10.0.0.5:15001".parse().unwrap()));
+        assert_eq!(o.proxy6, Some("[fd00::5]:15001".parse().unwrap()));
+        let o = run_options(&["--node-ips=fd00::5", "--proxy-port=15100"]).unwrap();
+        assert_eq!(
+            (o.proxy, o.proxy6),
+            (None, Some("[fd00::5]:15100".parse().unwrap()))
+        );
+        let e = run_options(&["--node-ips", "10.0.0.5", "--proxy", "10.0.0.5:15001"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = run_options(&["--node-ips", "10.0.0.5:15001"]).unwrap_err();
+        assert!(e.contains("--node-ips"), "{e}");
+    }
+
+    #[test]
+    fn an_ipv6_only_node_needs_only_proxy() {
+        let o = run_options(&["--proxy", "[fd00::5]:15001"]).unwrap();
+        assert_eq!(
+            (o.proxy, o.proxy6),
+            (None, Some("[fd00::5]:15001".parse().unwrap()))
         );
     }
 }

@@ -26,6 +26,9 @@ pub struct ProxySettings {
     pub steer_min_level: u32,
 }
 
+/// The default of `--proxy-port`: Envoy's listener in `deploy/envoy.yaml`.
+pub const DEFAULT_PROXY_PORT: u16 = 15001;
+
 /// The default of `--proxy-ports`: enough that steered connections to different destinations
 /// rarely share one 4-tuple space (which a client's fixed source port would find).
 pub const DEFAULT_PROXY_PORTS: u16 = 16;
@@ -71,6 +74,17 @@ pub enum ProxyConfigError {
     /// Neither proxy given.
     #[error("no proxy address: pass --proxy IP:PORT (and/or --proxy6 [IP]:PORT)")]
     NoProxy,
+    /// `--proxy` was given an IPv6 address while `--proxy6` names another.
+    #[error(
+        "--proxy {proxy} is an IPv6 address and --proxy6 {proxy6} names another IPv6 proxy: give \
+         the IPv6 proxy once"
+    )]
+    TwoIpv6Proxies {
+        /// `--proxy`.
+        proxy: SocketAddr,
+        /// `--proxy6`.
+        proxy6: SocketAddr,
+    },
     /// Too many `--exclude-uid`.
     #[error("at most {MAX_EXCLUDED_UIDS} --exclude-uid values are supported, got {0}")]
     TooManyUids(usize),
@@ -87,6 +101,37 @@ pub enum ProxyConfigError {
         /// The mask.
         mask: u32,
     },
+}
+
+/// The IPv4 and IPv6 proxies the command line names, either directly (`--proxy`, `--proxy6`;
+/// an IPv6 `--proxy` is the IPv6 proxy, so an IPv6-only node needs no second flag) or from the
+/// node's addresses (`--node-ips`, as the DaemonSet passes the downward API's `status.hostIPs`:
+/// the first IPv4 and the first IPv6 address, each on `port`).
+pub fn resolve_proxies(
+    proxy: Option<SocketAddr>,
+    proxy6: Option<SocketAddr>,
+    node_ips: &[IpAddr],
+    port: u16,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ProxyConfigError> {
+    if !node_ips.is_empty() {
+        let first = |v4: bool| {
+            node_ips
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .find(|ip| ip.is_ipv4() == v4)
+                .map(|ip| SocketAddr::new(ip, port))
+        };
+        return Ok((first(true), first(false)));
+    }
+    match (proxy, proxy6) {
+        (Some(p), None) if p.is_ipv6() => Ok((None, Some(p))),
+        (Some(p), Some(p6)) if p.is_ipv6() => Err(ProxyConfigError::TwoIpv6Proxies {
+            proxy: p,
+            proxy6: p6,
+        }),
+        (None, None) => Err(ProxyConfigError::NoProxy),
+        pair => Ok(pair),
+    }
 }
 
 /// Parses `MARK` or `MARK/MASK` (decimal or `0x` hex); a bare mark means mask `0xffffffff`.
@@ -352,5 +397,54 @@ mod tests {
         assert_eq!(parse_mark("256/0xff00"), Ok((256, 0xff00)));
         assert!(parse_mark("abc").is_err());
         assert!(parse_mark("1/2/3").is_err());
+    }
+
+    #[test]
+    fn node_ips_give_one_proxy_per_family() {
+        let ips = |list: &[&str]| {
+            list.iter()
+                .map(|s| s.parse().unwrap())
+                .collect::<Vec<IpAddr>>()
+        };
+        let sa = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            resolve_proxies(None, None, &ips(&["10.0.0.5", "fd00::5"]), 15001),
+            Ok((sa("10.0.0.5:15001"), sa("[fd00::5]:15001")))
+        );
+        assert_eq!(
+            resolve_proxies(None, None, &ips(&["fd00::5", "10.0.0.5"]), 15001),
+            Ok((sa("10.0.0.5:15001"), sa("[fd00::5]:15001"))),
+            "the order of families does not matter"
+        );
+        assert_eq!(
+            resolve_proxies(None, None, &ips(&["fd00::5"]), 15001),
+            Ok((None, sa("[fd00::5]:15001"))),
+            "IPv6-only node"
+        );
+        assert_eq!(
+            resolve_proxies(None, None, &ips(&["10.0.0.5"]), 15001),
+            Ok((sa("10.0.0.5:15001"), None))
+        );
+    }
+
+    #[test]
+    fn an_ipv6_proxy_flag_is_the_ipv6_proxy() {
+        let sa = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            resolve_proxies(sa("[fd00::5]:15001"), None, &[], 0),
+            Ok((None, sa("[fd00::5]:15001")))
+        );
+        assert_eq!(
+            resolve_proxies(sa("10.0.0.5:15001"), sa("[fd00::5]:15001"), &[], 0),
+            Ok((sa("10.0.0.5:15001"), sa("[fd00::5]:15001")))
+        );
+        assert!(matches!(
+            resolve_proxies(sa("[fd00::5]:15001"), sa("[fd00::6]:15001"), &[], 0),
+            Err(ProxyConfigError::TwoIpv6Proxies { .. })
+        ));
+        assert_eq!(
+            resolve_proxies(None, None, &[], 0),
+            Err(ProxyConfigError::NoProxy)
+        );
     }
 }

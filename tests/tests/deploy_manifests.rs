@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    net::{IpAddr, Ipv4Addr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -36,8 +36,11 @@ use serde_json::Value;
 /// The access log path written in `deploy/envoy.yaml`; tests and the demo replace this exact
 /// string with a path of their own.
 const DEFAULT_ACCESS_LOG: &str = "/var/log/envoy/access.log";
-/// What `$(NODE_IP)` stands for when the redirector's arguments are parsed here.
+/// What `$(NODE_IPS)` stands for when the redirector's arguments are parsed here: a
+/// dual-stack node's `status.hostIPs`.
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// See [`NODE_IP`].
+const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 /// `SOL_SOCKET` and `SO_MARK` on Linux, as Envoy's socket options spell them.
 const SOL_SOCKET: i64 = 1;
 const SO_MARK: i64 = 36;
@@ -214,6 +217,21 @@ impl EnvoyBootstrap {
         Ok(u16::try_from(port)?)
     }
 
+    /// Whether every address the listener binds is `::` with IPv4-mapped connections accepted.
+    fn listener_is_dual_stack(&self) -> Result<bool> {
+        let listener = self.listener()?;
+        let addresses = std::iter::once(&listener["address"]).chain(
+            listener["additional_addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|extra| &extra["address"]),
+        );
+        Ok(addresses
+            .map(|a| &a["socket_address"])
+            .all(|s| s["address"] == "::" && s["ipv4_compat"] == true))
+    }
+
     /// Every port the listener binds: its address's and its additional addresses'.
     fn listener_ports(&self) -> Result<BTreeSet<u16>> {
         let listener = self.listener()?;
@@ -383,7 +401,7 @@ fn kubelet_argv(container: &Container) -> Result<Vec<String>> {
             );
             rest = &rest[start + end..];
         }
-        argv.push(arg.replace("$(NODE_IP)", &NODE_IP.to_string()));
+        argv.push(arg.replace("$(NODE_IPS)", &format!("{NODE_IP},{NODE_IP6}")));
     }
     Ok(argv)
 }
@@ -585,16 +603,22 @@ fn redirector_args_parse_with_the_real_cli_and_agree_with_envoy() -> Result<()> 
     let bootstrap = EnvoyBootstrap::load()?;
     let args = redirector_args(&manifests)?;
 
-    let proxy = args.proxy.context("the redirector is given no --proxy")?;
-    ensure!(
-        proxy.ip() == IpAddr::V4(NODE_IP),
-        "--proxy must be $(NODE_IP):PORT (Envoy listens on the node, hostNetwork), got {proxy}"
-    );
+    let options = args.options()?;
     let listener_port = bootstrap.listener_port()?;
     ensure!(
-        proxy.port() == listener_port,
-        "--proxy port {} is not Envoy's listener port {listener_port}",
-        proxy.port()
+        options.proxy == Some(SocketAddr::new(NODE_IP.into(), listener_port))
+            && options.proxy6 == Some(SocketAddr::new(NODE_IP6.into(), listener_port)),
+        "on a dual-stack node the proxies must be the node's two addresses on Envoy's listener \
+         port {listener_port} (hostNetwork), got {:?} and {:?}",
+        options.proxy,
+        options.proxy6
+    );
+    let proxy = options.proxy.context("no IPv4 proxy")?;
+    // One listener for both families: `::` taking IPv4-mapped connections too.
+    ensure!(
+        bootstrap.listener_is_dual_stack()?,
+        "every address of the l7_redirect listener must be \"::\" with ipv4_compat: true, or \
+         one of the node's two proxies has no listener"
     );
     // The redirector steers to --proxy-ports consecutive ports: Envoy must listen on each, and
     // guard each against connecting to itself.
@@ -635,25 +659,25 @@ fn redirector_args_parse_with_the_real_cli_and_agree_with_envoy() -> Result<()> 
     );
 
     let container = manifests.container("redirector")?;
-    let node_ip = container
+    let node_ips = container
         .env
         .iter()
         .flatten()
-        .find(|e| e.name == "NODE_IP")
-        .context("the redirector container has no NODE_IP env")?;
-    let field = node_ip
+        .find(|e| e.name == "NODE_IPS")
+        .context("the redirector container has no NODE_IPS env")?;
+    let field = node_ips
         .value_from
         .as_ref()
         .and_then(|v| v.field_ref.as_ref())
         .map(|f| f.field_path.as_str());
     ensure!(
-        field == Some("status.hostIP"),
-        "NODE_IP must come from the downward API status.hostIP, got {field:?}"
+        field == Some("status.hostIPs"),
+        "NODE_IPS must come from the downward API status.hostIPs, got {field:?}"
     );
 
     // In-cluster: the ServiceAccount's credentials, not a file or a kubeconfig.
     ensure!(
-        matches!(args.options().source, Source::Kube(None)),
+        matches!(options.source, Source::Kube(None)),
         "the DaemonSet must use the in-cluster API (no --services-file or --kubeconfig)"
     );
 

@@ -28,6 +28,18 @@ impl Daemon {
         })
     }
 
+    /// [`Daemon::start`] with the proxies named as the DaemonSet names them
+    /// ([`Lab::daemon_args_as_deployed`]).
+    pub fn start_as_deployed(exe: &str, lab: &Lab, extra: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("run")
+            .args(lab.daemon_args_as_deployed())
+            .args(extra);
+        Ok(Self {
+            process: LoggedChild::spawn(cmd, &lab.node_ns, None, "daemon")?,
+        })
+    }
+
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         self.process.log()

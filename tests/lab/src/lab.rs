@@ -265,7 +265,33 @@ impl Lab {
         args
     }
 
-    /// Emulates a ClusterIP as kube-proxy would: a DNAT in the node namespace, both for
+    /// [`Lab::daemon_args`] with the proxies given as the DaemonSet gives them: the node's
+    /// addresses (`--node-ips`, from the downward API's `status.hostIPs`) and the first port.
+    pub fn daemon_args_as_deployed(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut given = self.daemon_args().into_iter();
+        while let Some(arg) = given.next() {
+            if arg == "--proxy" || arg == "--proxy6" {
+                given.next();
+            } else {
+                args.push(arg);
+            }
+        }
+        let node_ips: Vec<String> = [self.settings.proxy4, self.settings.proxy6]
+            .into_iter()
+            .flatten()
+            .map(|p| p.ip().to_string())
+            .collect();
+        args.extend([
+            "--node-ips".into(),
+            node_ips.join(","),
+            "--proxy-port".into(),
+            PROXY_PORT.to_string(),
+        ]);
+        args
+    }
+
+    /// Emulates a ClusterIP (IPv4 or IPv6) as kube-proxy would: a DNAT in the node namespace, both for
     /// traffic routed through the node (prerouting) and for the node's own connections, such as
     /// the proxy's upstream ones (output). The rules go away with the namespace.
     pub fn emulate_cluster_ip(&self, cluster_ip: SocketAddr, endpoint: SocketAddr) -> Result<()> {
@@ -286,18 +312,28 @@ impl Lab {
         };
         // The node needs a route to the ClusterIP for its own connects to get as far as the
         // DNAT (a real node has a default route); the DNAT then picks the real path.
+        let (family, prefix) = if cluster_ip.is_ipv4() {
+            ("ip", 32)
+        } else {
+            ("ip6", 128)
+        };
         self.node_ns.ip(&[
             "route",
             "replace",
-            &format!("{}/32", cluster_ip.ip()),
+            &format!("{}/{prefix}", cluster_ip.ip()),
             "dev",
             "vbackend",
         ])?;
-        nft(&["add", "table", "ip", "l7r"])?;
-        nft(&["add chain ip l7r pre { type nat hook prerouting priority -100 ; }"])?;
-        nft(&["add chain ip l7r out { type nat hook output priority -100 ; }"])?;
+        nft(&["add", "table", family, "l7r"])?;
+        nft(&[&format!(
+            "add chain {family} l7r pre {{ type nat hook prerouting priority -100 ; }}"
+        )])?;
+        nft(&[&format!(
+            "add chain {family} l7r out {{ type nat hook output priority -100 ; }}"
+        )])?;
         let target = match endpoints {
-            [one] => format!("{one}:{port}"),
+            [IpAddr::V4(one)] => format!("{one}:{port}"),
+            [IpAddr::V6(one)] => format!("[{one}]:{port}"),
             many => {
                 let map: Vec<String> = many
                     .iter()
@@ -313,7 +349,7 @@ impl Lab {
         };
         for chain in ["pre", "out"] {
             nft(&[&format!(
-                "add rule ip l7r {chain} ip daddr {} tcp dport {} dnat to {target}",
+                "add rule {family} l7r {chain} {family} daddr {} tcp dport {} dnat to {target}",
                 cluster_ip.ip(),
                 cluster_ip.port()
             )])?;

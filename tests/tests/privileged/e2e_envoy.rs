@@ -8,14 +8,18 @@ use std::{net::IpAddr, process::Command, time::Duration};
 use anyhow::{Context as _, Result, bail, ensure};
 use l7r_lab::{
     client::connect_stream,
-    daemon::eventually,
+    daemon::{Daemon, eventually},
     e2e::{HTTP_PORT, World, web_service},
-    envoy,
-    http::{HttpConn, Response},
-    lab::{BACKEND4, CLIENT4, NODE4, NODE4_UPSTREAM, PROXY_PORT, sa},
-    manifests::ServiceSpec,
+    envoy::{self, Envoy},
+    http::{HttpBackend, HttpConn, Response},
+    lab::{
+        BACKEND4, BACKEND6, CLIENT4, Lab, LabOptions, NODE4, NODE4_UPSTREAM, NODE6_UPSTREAM,
+        PROXY_PORT, sa,
+    },
+    manifests::{ServiceSpec, ServicesFile},
     sys::{TempFile, unique_id},
 };
+use redirector::dataplane::Dataplane;
 
 use crate::REDIRECTOR as EXE;
 
@@ -255,5 +259,150 @@ fn a_connection_made_straight_to_envoy_does_not_loop() -> Result<()> {
         .filter(|l| l["path"] == "/direct-to-envoy")
         .collect();
     assert_eq!(lines.len(), 1, "{lines:#?}");
+    Ok(())
+}
+
+/// `shop/web6` (IPv6 only) and `shop/dual` (dual-stack), both annotated, as the API shows them.
+const IPV6_AND_DUAL_STACK: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web6
+  namespace: shop
+  annotations: {projectcalico.org/l7-logging: \"true\"}
+spec:
+  clusterIP: fd96::10
+  clusterIPs: [fd96::10]
+  ipFamilies: [IPv6]
+  ports: [{port: 80, targetPort: 8000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web6-x1
+  namespace: shop
+  labels: {kubernetes.io/service-name: web6}
+addressType: IPv6
+endpoints: [{addresses: [fd77:2::2], conditions: {ready: true}}]
+ports: [{port: 8000, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: dual
+  namespace: shop
+  annotations: {projectcalico.org/l7-logging: \"true\"}
+spec:
+  clusterIP: 10.96.0.11
+  clusterIPs: [10.96.0.11, fd96::11]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports: [{port: 80, targetPort: 8000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v4
+  namespace: shop
+  labels: {kubernetes.io/service-name: dual}
+addressType: IPv4
+endpoints: [{addresses: [10.77.2.2], conditions: {ready: true}}]
+ports: [{port: 8000, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v6
+  namespace: shop
+  labels: {kubernetes.io/service-name: dual}
+addressType: IPv6
+endpoints: [{addresses: [fd77:2::2], conditions: {ready: true}}]
+ports: [{port: 8000, protocol: TCP}]
+";
+
+/// An IPv6 Service and both families of a dual-stack Service go through the real Envoy and are
+/// logged, with the daemon given the proxies as the DaemonSet gives them (`--node-ips` from
+/// the node's `status.hostIPs`) and Envoy on its one dual-stack listener (`::`, IPv4-mapped).
+#[test]
+fn ipv6_and_dual_stack_services_are_steered_and_logged() -> Result<()> {
+    let lab = Lab::with(LabOptions {
+        exclude_proxy_cgroup: false,
+        ..LabOptions::for_daemon()
+    })?;
+    let backend = HttpBackend::start(
+        &lab.backend_ns,
+        &[sa(BACKEND4, HTTP_PORT), sa(BACKEND6, HTTP_PORT)],
+    )?;
+    let web6 = sa("fd96::10", 80);
+    let dual4 = sa("10.96.0.11", 80);
+    let dual6 = sa("fd96::11", 80);
+    lab.emulate_cluster_ip(web6, sa(BACKEND6, HTTP_PORT))?;
+    lab.emulate_cluster_ip(dual4, sa(BACKEND4, HTTP_PORT))?;
+    lab.emulate_cluster_ip(dual6, sa(BACKEND6, HTTP_PORT))?;
+    let envoy = Envoy::start(&lab.node_ns, &lab.proxy_cgroup)?;
+    let file = ServicesFile::new(IPV6_AND_DUAL_STACK)?;
+    let daemon = Daemon::start_as_deployed(
+        EXE,
+        &lab,
+        &[
+            "--services-file",
+            file.arg(),
+            "--exclude-mark",
+            envoy::UPSTREAM_MARK,
+        ],
+    )?;
+    eventually("both proxies ready", Duration::from_secs(10), || {
+        Ok((lab.pinned_readiness().unwrap_or_default() == (true, true)).then_some(()))
+    })
+    .with_context(|| daemon.log())?;
+    eventually(
+        "all three ClusterIPs selected",
+        Duration::from_secs(5),
+        || {
+            let pinned = lab.pinned_destinations()?;
+            Ok([web6, dual4, dual6]
+                .iter()
+                .all(|d| pinned.contains(d))
+                .then_some(()))
+        },
+    )
+    .with_context(|| daemon.log())?;
+
+    for (dst, host, upstream) in [
+        (web6, "web6.shop", NODE6_UPSTREAM),
+        (dual4, "dual.shop", NODE4_UPSTREAM),
+        (dual6, "dual.shop", NODE6_UPSTREAM),
+    ] {
+        let stream = connect_stream(&lab.client_ns, &lab.client_cgroup, dst)?;
+        let r = HttpConn::new(stream, host)?
+            .request("GET", &format!("/to/{dst}"))
+            .with_context(|| format!("GET through {dst}"))?;
+        let r = ok(r)?;
+        assert!(r.via_envoy(), "{dst}: {r:?}");
+        assert_eq!(
+            r.body,
+            format!("hello from the backend; you are {upstream}\n"),
+            "{dst}: forwarded by Envoy from the node's address of that family"
+        );
+    }
+    let lines = envoy.wait_for_log_lines(3)?;
+    for (dst, logged) in [
+        (web6, "[fd96::10]:80"),
+        (dual4, "10.96.0.11:80"),
+        (dual6, "[fd96::11]:80"),
+    ] {
+        let entry = lines
+            .iter()
+            .find(|l| l["path"] == format!("/to/{dst}"))
+            .with_context(|| format!("no access log line for {dst}: {lines:#?}"))?;
+        assert_eq!(
+            entry["downstream_local_address"], logged,
+            "original destination"
+        );
+        assert_eq!(entry["response_code"], 200);
+    }
+    assert_eq!(backend.served().len(), 3);
+    let c = Dataplane::open_pinned(&lab.pin_dir)?.counters()?;
+    assert_eq!(c.redirected, 3, "{c:?}");
     Ok(())
 }
