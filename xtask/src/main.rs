@@ -35,7 +35,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Run everything CI runs: setup if needed, eBPF build, fmt, clippy, unit and privileged tests.
+    /// Run everything CI runs: setup if needed, eBPF build, fmt, clippy, unit and privileged
+    /// tests, and the privileged datapath tests again on Linux 5.10, 6.1 and 6.12 (VMs).
     Test,
     /// Show the main job on this machine: a small lab where annotating a Service sends its new
     /// connections through the real Envoy, step by step (root; cleans up on exit or Ctrl-C).
@@ -53,6 +54,10 @@ enum Command {
         /// Leave out the host kernel's column.
         #[arg(long)]
         no_host: bool,
+        /// Print each kernel's pin next to the newest package of its series that the mirrors
+        /// offer (to bump the pins in xtask/src/vm/kernels.rs), and run nothing.
+        #[arg(long)]
+        list_kernels: bool,
         /// libtest filter arguments (e.g. `datapath::udp` or `--skip churn`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         filter: Vec<String>,
@@ -79,13 +84,20 @@ fn main() -> ExitCode {
             kernel,
             jobs,
             no_host,
+            list_kernels,
             filter,
-        } => vm::run(&vm::Options {
-            kernel,
-            jobs,
-            filter,
-            host: !no_host,
-        }),
+        } => {
+            if list_kernels {
+                vm::list_kernels()
+            } else {
+                vm::run(&vm::Options {
+                    kernel,
+                    jobs,
+                    filter,
+                    host: !no_host,
+                })
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

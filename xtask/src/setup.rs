@@ -31,12 +31,24 @@ pub const APT_PACKAGES: &[&str] = &[
 
 /// Debian packages the kernel matrix (`cargo xtask vm-test`) uses, installed without their
 /// recommends: qemu boots the test kernels, `kmod` gives the guest `modprobe` (the guest sees
-/// the host's file system, and the kernels' modules are loaded on demand), and virtme-ng wants a
-/// static busybox for its guest init.
-pub const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static"];
+/// the host's file system, and the kernels' modules are loaded on demand), virtme-ng wants a
+/// static busybox for its guest init, and the two libraries are what virtiofsd builds against.
+pub const VM_APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "kmod",
+    "busybox-static",
+    "libseccomp-dev",
+    "libcap-ng-dev",
+];
 
 /// The virtme-ng release `cargo xtask vm-test` boots kernels with (PyPI `virtme-ng`).
 pub const VIRTME_NG_VERSION: &str = "1.42";
+
+/// The virtiofsd release (crates.io `virtiofsd`, the Rust daemon) that shares the host's file
+/// system with the test VMs. Without it virtme-ng falls back to 9p, where every `exec` in the
+/// guest costs about a second of metadata round trips and a test five to ten times longer;
+/// Debian 12's qemu ships only the old C daemon, which virtme-ng refuses.
+pub const VIRTIOFSD_VERSION: &str = "1.14.0";
 
 /// The bpf-linker release known to work with the LLVM 22 of Debian's `rustc-web`.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -70,6 +82,16 @@ pub fn vng_bin() -> PathBuf {
     vng_venv().join("bin").join("vng")
 }
 
+/// Where `cargo install` puts virtiofsd: `bin/` under it goes on virtme-ng's `PATH`.
+pub fn vm_tools() -> PathBuf {
+    util::workspace_root().join("target").join("vm-tools")
+}
+
+/// The virtiofsd executable inside [`vm_tools`].
+pub fn virtiofsd_bin() -> PathBuf {
+    vm_tools().join("bin").join("virtiofsd")
+}
+
 /// Whether dpkg reports `package` as installed.
 fn apt_installed(package: &str) -> bool {
     util::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
@@ -80,6 +102,12 @@ fn apt_installed(package: &str) -> bool {
 fn bpf_linker_present() -> bool {
     util::probe(Command::new("bpf-linker").arg("--version"))
         .is_ok_and(|out| out.contains(BPF_LINKER_VERSION))
+}
+
+/// Whether the pinned virtiofsd runs.
+fn virtiofsd_present() -> bool {
+    util::probe(Command::new(virtiofsd_bin()).arg("--version"))
+        .is_ok_and(|version| version.contains(VIRTIOFSD_VERSION))
 }
 
 /// Whether the venv's virtme-ng runs and is the pinned version.
@@ -116,6 +144,7 @@ struct Status {
     bpf_linker: bool,
     envoy: bool,
     vng: bool,
+    virtiofsd: bool,
     bpffs: bool,
 }
 
@@ -135,6 +164,7 @@ impl Status {
             bpf_linker: bpf_linker_present(),
             envoy: envoy_present(&envoy_bin()),
             vng: vng_present(),
+            virtiofsd: virtiofsd_present(),
             bpffs: bpffs_mounted(),
         }
     }
@@ -154,6 +184,7 @@ impl Status {
         items.push((bpf_linker_item(), self.bpf_linker));
         items.push((envoy_item(), self.envoy));
         items.push((vng_item(), self.vng));
+        items.push((virtiofsd_item(), self.virtiofsd));
         items.push((bpffs_item(), self.bpffs));
         items
     }
@@ -182,6 +213,24 @@ fn envoy_item() -> String {
 
 fn vng_item() -> String {
     format!("virtme-ng {VIRTME_NG_VERSION} in {}", vng_venv().display())
+}
+
+fn virtiofsd_item() -> String {
+    format!("virtiofsd {VIRTIOFSD_VERSION} in {}", vm_tools().display())
+}
+
+fn virtiofsd_install_command() -> Command {
+    let mut cmd = Command::new(util::cargo());
+    cmd.args([
+        "install",
+        "virtiofsd",
+        "--locked",
+        "--version",
+        VIRTIOFSD_VERSION,
+    ])
+    .arg("--root")
+    .arg(vm_tools());
+    cmd
 }
 
 fn bpffs_item() -> String {
@@ -264,6 +313,12 @@ fn manual_steps(status: &Status) -> Vec<String> {
             "{venv}/bin/pip install virtme-ng=={VIRTME_NG_VERSION}"
         ));
     }
+    if !status.virtiofsd {
+        let root = util::shell_quote(&vm_tools().to_string_lossy());
+        steps.push(format!(
+            "cargo install virtiofsd --locked --version {VIRTIOFSD_VERSION} --root {root}"
+        ));
+    }
     if !status.bpffs {
         steps.push(format!("mount -t bpf bpf {BPFFS}"));
     }
@@ -306,6 +361,7 @@ pub fn run() -> Result<()> {
     install_bpf_linker(status.bpf_linker)?;
     install_envoy(status.envoy)?;
     install_vng(status.vng)?;
+    install_virtiofsd(status.virtiofsd)?;
     mount_bpffs(status.bpffs)?;
 
     let still_missing = self::missing();
@@ -427,6 +483,23 @@ fn install_vng(present: bool) -> Result<()> {
         bail!(
             "{} --version does not report {VIRTME_NG_VERSION}",
             vng_bin().display()
+        );
+    }
+    Ok(())
+}
+
+fn install_virtiofsd(present: bool) -> Result<()> {
+    let item = virtiofsd_item();
+    if present {
+        println!("ok: {item} already present");
+        return Ok(());
+    }
+    println!("installing: {item}");
+    util::run(&mut virtiofsd_install_command()).with_context(|| format!("installing {item}"))?;
+    if !virtiofsd_present() {
+        bail!(
+            "{} --version does not report {VIRTIOFSD_VERSION}",
+            virtiofsd_bin().display()
         );
     }
     Ok(())

@@ -1,14 +1,16 @@
 //! `cargo xtask test`: the one command CI runs, and what a developer runs before pushing.
 //!
 //! The root-free tests run first (they need nothing but cargo), then the privileged ones, one
-//! at a time: they need root, the kernel object and what `cargo xtask setup` installs.
+//! at a time: they need root, the kernel object and what `cargo xtask setup` installs. Last,
+//! the kernel matrix runs the datapath tests again in VMs with Debian's 5.10, 6.1 and 6.12
+//! kernels (`cargo xtask vm-test`): defects that only older kernels have stay visible.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{build_ebpf, setup, util};
+use crate::{build_ebpf, setup, util, vm};
 
 /// A cargo command for a test step, with the Envoy the end-to-end tests should run.
 fn cargo(args: &[&str]) -> Command {
@@ -43,7 +45,7 @@ fn setup_if_needed() -> Result<()> {
 /// `cargo xtask test`: runs the steps in order, stops at the first failure and names it.
 pub fn run() -> Result<()> {
     type Step = (&'static str, fn() -> Result<()>);
-    let steps: [Step; 6] = [
+    let steps: [Step; 7] = [
         ("setup", setup_if_needed),
         // Debug, because the daemon's build script embeds the object of its own profile and
         // the steps below build the daemon in debug.
@@ -92,6 +94,16 @@ pub fn run() -> Result<()> {
                 "--",
                 "--test-threads=1",
             ]))
+        }),
+        // The host kernel's column is the step above.
+        ("kernel matrix", || {
+            require_root()?;
+            vm::run(&vm::Options {
+                kernel: "all".into(),
+                jobs: 1,
+                filter: Vec::new(),
+                host: false,
+            })
         }),
     ];
 

@@ -4,8 +4,9 @@
 //! - The kernels are pinned in [`kernels`] and fetched by [`apt`] (a private apt configuration
 //!   under `target/vm/apt`, unpacked under `target/vm/kernels`; nothing is installed).
 //! - A VM is qemu driven by virtme-ng (`vng`, from the venv `cargo xtask setup` makes): the
-//!   guest shares the host's root file system read-only, so it runs the very test binary the
-//!   host built, with the host's `ip`, `nft`, `iptables` and Envoy. `guest.sh` prepares the
+//!   guest shares the host's root file system read-only over virtio-fs (the virtiofsd setup
+//!   builds; 9p, virtme-ng's fallback, makes every `exec` cost a second), so it runs the very
+//!   test binary the host built, with the host's `ip`, `nft`, `iptables` and Envoy. `guest.sh` prepares the
 //!   kernel (bpffs, modules) and runs each selected test in a process of its own; results come
 //!   back through one shared writable directory, `target/vm/runs/<kernel>/`.
 //! - KVM is used when `L7R_VM_KVM=1` says it works; otherwise (the default) qemu emulates the
@@ -152,6 +153,26 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask vm-test --list-kernels`: each pin next to the newest package of its series.
+pub fn list_kernels() -> Result<()> {
+    let vm_dir = util::workspace_root().join("target").join("vm");
+    fs::create_dir_all(&vm_dir)?;
+    let apt = PrivateApt::prepare(&vm_dir.join("apt"), &kernels::KERNELS)?;
+    for kernel in &kernels::KERNELS {
+        let (package, version) = apt.newest_of_series(kernel)?;
+        let state = if package == kernel.package && version == kernel.version {
+            "up to date"
+        } else {
+            "newer available"
+        };
+        println!(
+            "{}: pinned {}={}; newest {package}={version} ({state})",
+            kernel.name, kernel.package, kernel.version
+        );
+    }
+    Ok(())
+}
+
 /// Fails, naming `cargo xtask setup`, when a tool the matrix needs is missing.
 fn check_tools() -> Result<()> {
     let mut missing = Vec::new();
@@ -166,6 +187,9 @@ fn check_tools() -> Result<()> {
     }
     if !setup::vng_bin().exists() {
         missing.push("virtme-ng (the venv `cargo xtask setup` makes)");
+    }
+    if !setup::virtiofsd_bin().exists() {
+        missing.push("virtiofsd (`cargo xtask setup` builds it under target/vm-tools)");
     }
     if !missing.is_empty() {
         bail!(
@@ -245,18 +269,21 @@ impl VmRun {
         let exec: Vec<String> = exec.iter().map(|w| util::shell_quote(w)).collect();
 
         let mut cmd = Command::new("timeout");
-        // vng runs virtme-run, its sibling in the venv, from PATH.
+        // vng runs virtme-run, its sibling in the venv, and virtiofsd from PATH.
         let venv_bin = setup::vng_bin()
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let path = std::env::var_os("PATH").unwrap_or_default();
-        let path =
-            std::env::join_paths(std::iter::once(venv_bin).chain(std::env::split_paths(&path)))?;
+        let path = std::env::join_paths(
+            [venv_bin, setup::vm_tools().join("bin")]
+                .into_iter()
+                .chain(std::env::split_paths(&path)),
+        )?;
         cmd.env("PATH", path)
             .args(["-k", "10", &limit.as_secs().to_string()])
             .arg(setup::vng_bin())
-            .args(["--verbose", "--force-9p", "--memory", "2G", "--cpus", "2"])
+            .args(["--verbose", "--memory", "2G", "--cpus", "2"])
             .args(["--busybox", "/bin/busybox"]);
         if !self.kvm {
             cmd.arg("--disable-kvm");
@@ -281,6 +308,15 @@ impl VmRun {
             .status()
             .with_context(|| format!("cannot run {}", setup::vng_bin().display()))?;
         let seconds = started.elapsed().as_secs_f64();
+        let console = fs::read_to_string(self.out.join("console.log")).unwrap_or_default();
+        if console.contains("fallback to 9p") {
+            println!(
+                "vm-test: warning: {} ran on 9p, not virtio-fs (virtiofsd did not start; see \
+                 {}): expect it to be several times slower",
+                self.kernel.name,
+                self.out.join("console.log").display()
+            );
+        }
         let heading = format!(
             "{} ({}, {})",
             self.kernel.name,
