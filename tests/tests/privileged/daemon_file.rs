@@ -4,9 +4,9 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    process::Command,
+    process::{Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -329,19 +329,49 @@ fn a_proxy_that_stops_together_with_the_daemon_fails_open() -> Result<()> {
     Ok(())
 }
 
-/// Runs `redirector run` with `args` and returns its stderr; it must fail.
+/// Runs `redirector run` with `args` and returns its stderr; it must fail, within 20 s.
+///
+/// `args` must name the lab's `--cgroup` and `--pin-dir`: an input the daemon unexpectedly
+/// accepts must attach to the lab's cgroup, never to the machine's root (the default), and a
+/// daemon that does not exit is killed.
 fn run_expecting_failure(args: &[&str]) -> Result<String> {
-    let out = Command::new(EXE)
+    anyhow::ensure!(
+        args.contains(&"--cgroup") && args.contains(&"--pin-dir"),
+        "test bug: a refused start must still name the lab's --cgroup and --pin-dir, or an \
+         accepted one would attach to the root cgroup: {args:?}"
+    );
+    let mut child = Command::new(EXE)
         .arg("run")
         .args(args)
         .env_remove("RUST_BACKTRACE")
-        .output()?;
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "`run {}` should have failed, but kept running",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
     anyhow::ensure!(
-        !out.status.success(),
+        !status.success(),
         "`run {}` should have failed",
         args.join(" ")
     );
-    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    Ok(stderr)
 }
 
 #[test]
@@ -380,8 +410,19 @@ fn bad_input_is_refused_with_errors_that_name_the_problem_and_touches_nothing() 
         ],
     ))?;
     assert!(e.contains("can never match"), "{e}");
-    let e = run_expecting_failure(&["--proxy", "[fd00::1]:1", "--services-file", file.arg()])?;
-    assert!(e.contains("is not an IPv4 address"), "{e}");
+    let e = run_expecting_failure(&[
+        "--proxy",
+        "[fd00::1]:15001",
+        "--proxy6",
+        "[fd00::2]:15001",
+        "--services-file",
+        file.arg(),
+        "--pin-dir",
+        &pin,
+        "--cgroup",
+        &root,
+    ])?;
+    assert!(e.contains("give the IPv6 proxy once"), "{e}");
     // A pod's loopback is not the node's, and 0.0.0.0 is where one listens, not connects.
     for proxy in ["127.0.0.1:15001", "0.0.0.0:15001"] {
         let e = run_expecting_failure(&[
