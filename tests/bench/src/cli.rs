@@ -20,7 +20,7 @@ use crate::{
     proxy,
     report::Report,
     scenarios::{
-        self, INTERRUPTED, control,
+        self, INTERRUPTED, control, ports,
         selected::{self, Placement, ProxyKind},
         unselected,
     },
@@ -63,6 +63,8 @@ enum Scenario {
     Selected,
     /// 3: the daemon's control plane: sync, change latency, memory.
     Control,
+    /// 4: one client's new connections to four selected Services: the 4-tuple space.
+    Ports,
 }
 
 #[derive(Debug, Args)]
@@ -72,7 +74,7 @@ struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "unselected,selected,control"
+        default_value = "unselected,selected,control,ports"
     )]
     scenarios: Vec<Scenario>,
     /// Scenario 1: the numbers of selected destinations N.
@@ -115,6 +117,14 @@ struct BenchArgs {
     /// Scenario 3: destination counts at which the daemon's peak RSS is measured.
     #[arg(long, value_delimiter = ',', default_value = "10000,60000")]
     rss_destinations: Vec<usize>,
+    /// Scenario 4: seconds each alternative runs (TIME_WAIT lasts 60 s; 30 s at the default
+    /// rate is past what one shared 4-tuple space holds).
+    #[arg(long, default_value_t = 30)]
+    ports_seconds: u64,
+    /// Scenario 4: new connections per second over the four destinations (the default, 400
+    /// per destination, is below the 470/s one 4-tuple space sustains).
+    #[arg(long, default_value_t = 1600)]
+    ports_rate: u64,
     /// Which iptables loads the linear and REDIRECT rules.
     #[arg(long, value_enum, default_value = "system")]
     iptables: Iptables,
@@ -171,6 +181,9 @@ fn apply_quick(a: &mut BenchArgs, m: &clap::ArgMatches) {
     }
     if default("rss_destinations") {
         a.rss_destinations = vec![400];
+    }
+    if default("ports_seconds") {
+        a.ports_seconds = 2;
     }
 }
 
@@ -252,6 +265,7 @@ fn run() -> Result<()> {
         unselected: Vec::new(),
         selected: Vec::new(),
         control: None,
+        ports: Vec::new(),
         skipped: Vec::new(),
         failures: Vec::new(),
     };
@@ -301,6 +315,11 @@ fn run() -> Result<()> {
                 seed: a.seed,
             })
             .map(|c| report.control = Some(c)),
+            Scenario::Ports => ports::run(&ports::Params {
+                seconds: a.ports_seconds,
+                rate: a.ports_rate,
+            })
+            .map(|p| report.ports = p),
         };
         if let Err(e) = outcome {
             scenarios::progress(&format!("{scenario:?} failed: {e:#}"));

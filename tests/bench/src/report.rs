@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::{
     client::Batch,
     machine::Machine,
+    scenarios::ports::PortsResult,
     stats::{Align, Latency, Table, fmt_count, fmt_ms, fmt_ratio, fmt_us, median, ratio},
 };
 
@@ -135,6 +136,8 @@ pub struct Report {
     pub selected: Vec<Series>,
     /// Scenario 3.
     pub control: Option<ControlResult>,
+    /// Scenario 4.
+    pub ports: Vec<PortsResult>,
     /// Alternatives or scenarios that were skipped, and why.
     pub skipped: Vec<String>,
     /// Scenarios that failed, with the error; the others still ran.
@@ -299,6 +302,45 @@ pub fn control_table(c: &ControlResult) -> Table {
     t
 }
 
+/// Scenario 4's table: per alternative, the connections made, the rate, and the failures,
+/// with the rate's ratio to direct.
+pub fn ports_table(results: &[PortsResult]) -> Table {
+    let mut t = Table::new(&[
+        ("steering", Align::Left),
+        ("proxy ports of the 4 destinations", Align::Left),
+        ("connected", Align::Right),
+        ("conn/s", Align::Right),
+        ("EADDRNOTAVAIL", Align::Right),
+        ("other failures", Align::Right),
+        ("first EADDRNOTAVAIL", Align::Right),
+        ("conn/s ×", Align::Right),
+    ]);
+    let direct = results.iter().find(|r| r.proxy_ports.is_empty());
+    for r in results {
+        let ports = if r.proxy_ports.is_empty() {
+            "– (direct)".to_string()
+        } else {
+            r.proxy_ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        t.row(vec![
+            r.alternative.clone(),
+            ports,
+            fmt_count(Some(r.connected as f64)),
+            fmt_count(Some(r.rate())),
+            fmt_count(Some(r.addr_not_avail as f64)),
+            fmt_count(Some(r.other_failures as f64)),
+            r.first_failure_s
+                .map_or_else(|| "–".to_string(), |s| format!("after {s:.1} s")),
+            fmt_ratio(ratio(Some(r.rate()), direct.map(PortsResult::rate))),
+        ]);
+    }
+    t
+}
+
 impl Report {
     /// The whole Markdown report: machine, then one table per scenario that ran.
     pub fn markdown(&self) -> String {
@@ -331,6 +373,20 @@ impl Report {
         if let Some(c) = &self.control {
             out.push_str("\n### 3. Control plane (`redirector run --services-file`)\n\n");
             out.push_str(&control_table(c).to_markdown());
+        }
+        if !self.ports.is_empty() {
+            out.push_str(
+                "\n### 4. One client, four selected Services: the 4-tuple space (baseline: \
+                 direct)\n\n",
+            );
+            out.push_str(
+                "One client opens new connections at a steady rate, round-robin to four \
+                 destinations, and closes each first, with the kernel's default `tcp_tw_reuse` \
+                 and port range: each closed connection holds its 4-tuple in TIME_WAIT for 60 s. \
+                 `EADDRNOTAVAIL`: connects refused for want of a free 4-tuple. `×`: connections \
+                 per second, as a ratio to direct.\n\n",
+            );
+            out.push_str(&ports_table(&self.ports).to_markdown());
         }
         for s in &self.skipped {
             out.push_str(&format!("\nSkipped: {s}\n"));

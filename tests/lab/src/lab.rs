@@ -55,8 +55,10 @@ pub const SERVICE_PORT: u16 = 8080;
 pub const OTHER_PORT: u16 = 8081;
 /// The proxy's first port.
 pub const PROXY_PORT: u16 = 15001;
-/// How many consecutive ports the proxy listens on, as the daemon's default.
-pub const PROXY_PORTS: u16 = redirector::proxy_config::DEFAULT_PROXY_PORTS;
+/// How many consecutive ports the lab's proxy listens on (and the lab's daemons steer to): enough
+/// to exercise the spread, fewer than the daemon's default so each test proxy starts quickly
+/// (it listens on every port of both families). Envoy listens on the deployed 64.
+pub const PROXY_PORTS: u16 = 16;
 
 /// `ip:port` from constants.
 pub fn sa(ip: &str, port: u16) -> SocketAddr {

@@ -51,7 +51,7 @@ fn a_quick_bench_run_completes_and_writes_its_samples() -> Result<()> {
         "l7r-bench failed ({}):\n{stdout}\n{stderr}",
         run.status
     );
-    for heading in ["### 1.", "### 2.", "### 3."] {
+    for heading in ["### 1.", "### 2.", "### 3.", "### 4."] {
         assert!(stdout.contains(heading), "no {heading} table:\n{stdout}");
     }
 
@@ -87,5 +87,15 @@ fn a_quick_bench_run_completes_and_writes_its_samples() -> Result<()> {
             .is_some_and(|r| r.iter().all(|s| s["vm_hwm_kib"].as_u64() > Some(0))),
         "{control}"
     );
+
+    // Scenario 4: each alternative made its connections (2 s at 1 600/s), and the servers
+    // (backend or proxy) accepted each one.
+    let ports = report["ports"].as_array().context("no ports")?;
+    assert_eq!(ports.len(), 4, "direct and three proxy port counts");
+    for p in ports {
+        let made = p["connected"].as_u64().unwrap_or(0);
+        assert!(made > 0, "{p}");
+        assert_eq!(p["accepted"].as_u64(), Some(made), "{p}");
+    }
     Ok(())
 }
