@@ -152,6 +152,8 @@ fn forget(ctx: &SockAddrContext, dst: &Endpoint) {
 /// socket's connect (NFS, CIFS, ceph clients) is never steered: on kernels before "net: Avoid
 /// address overwrite in kernel_connect" the rewrite would change the caller's stored server
 /// address, and its next reconnect would go to the proxy with no original destination.
+/// (CIFS makes its first connect in the `mount(2)` caller's context, so that one connect is
+/// treated like the caller's own: a pod mounting a share whose server is a selected Service.)
 #[inline(always)]
 fn kernel_or_root_task(cfg: &Config) -> bool {
     let level = cfg.steer_min_level;

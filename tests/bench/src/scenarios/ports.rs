@@ -7,7 +7,7 @@
 //! - `direct`: nothing steered; each destination has its own space.
 //! - `steered, 1 proxy port`: every steered connection is (client, port, proxy, one port): the
 //!   four destinations share one space, which runs out after 28 000 connections.
-//! - `steered, 16 proxy ports` (the default) and `64 proxy ports`: each destination goes to the
+//! - `steered, 16 proxy ports` and `64 proxy ports` (the default): each destination goes to the
 //!   port its hash picks, so destinations keep their own space, unless two of them draw the
 //!   same port (for four destinations: one chance in three with 16 ports, one in eleven with
 //!   64); the table shows each destination's port.
@@ -152,8 +152,8 @@ fn alternatives() -> [(&'static str, Option<u16>); 4] {
     [
         ("direct", None),
         ("steered, 1 proxy port", Some(1)),
-        ("steered, 16 proxy ports (default)", Some(16)),
-        ("steered, 64 proxy ports", Some(64)),
+        ("steered, 16 proxy ports", Some(16)),
+        ("steered, 64 proxy ports (default)", Some(64)),
     ]
 }
 
