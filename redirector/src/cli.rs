@@ -82,6 +82,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 #[command(
     name = "redirector",
     version,
+    long_version = crate::build_info::long_version(),
     long_about = "Steers every new TCP connection to Kubernetes Services annotated \
                   projectcalico.org/l7-logging=true to the node-local Envoy, which forwards it \
                   and logs each request. Existing connections are never disturbed; if the proxy \

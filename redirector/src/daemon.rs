@@ -24,6 +24,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    build_info,
     cgroup::{cgroup_ref, cgroup2_mount},
     dataplane::{Dataplane, LoadOptions, warn_capacity_mismatch},
     health,
@@ -72,6 +73,12 @@ pub struct RunOptions {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<()> {
+    info!(
+        version = build_info::VERSION,
+        revision = build_info::SOURCE_REVISION,
+        ebpf_sha256 = build_info::ebpf_object_sha256().unwrap_or("none"),
+        "redirector starting"
+    );
     // Everything that can be checked without touching the kernel is checked first.
     let mount = cgroup2_mount()?;
     let cgroup = opts.cgroup.clone().unwrap_or_else(|| mount.clone());

@@ -23,8 +23,10 @@
 //! - [`metrics`]: the metrics registry, and the server of `/metrics`, `/healthz`, `/readyz`.
 //! - [`status`]: the `redirector status` report.
 //! - [`cgroup`], [`fs_type`]: finding cgroup v2 directories; which file system a path is on.
-//! - [`telemetry`]: the process's own logs.
+//! - [`telemetry`]: the process's own logs; [`build_info`]: version, source revision and the
+//!   embedded kernel object's hash.
 
+pub mod build_info;
 pub mod cgroup;
 pub mod cli;
 pub mod collector;

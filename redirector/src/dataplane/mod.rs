@@ -39,10 +39,9 @@ mod link;
 mod object;
 mod pins;
 
-pub use self::{error::DataplaneError, pins::detach};
+pub use self::{error::DataplaneError, object::EBPF_OBJECT, pins::detach};
 use self::{
     error::{Result, map_err, pin_err, prog_err},
-    object::EBPF_OBJECT,
     pins::{check_pinned_layouts, prepare_pin_dir, replace_pinned_link},
 };
 

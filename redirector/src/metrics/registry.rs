@@ -13,7 +13,7 @@ use std::{
 
 use redirector_common::{CounterInfo, Counters};
 
-use crate::k8s::sources::SourceStats;
+use crate::{build_info, k8s::sources::SourceStats};
 
 /// Upper bounds of the reconcile duration histogram, in seconds.
 const BUCKETS: [f64; 11] = [
@@ -92,6 +92,15 @@ impl Metrics {
     /// Prometheus text exposition, with the kernel counters if they could be read.
     pub fn render(&self, kernel: Option<&Counters>) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP l7r_build_info The daemon's version, source revision and embedded kernel \
+             object (always 1).\n# TYPE l7r_build_info gauge\n\
+             l7r_build_info{{version=\"{}\",revision=\"{}\",ebpf_sha256=\"{}\"}} 1",
+            build_info::VERSION,
+            build_info::SOURCE_REVISION,
+            build_info::ebpf_object_sha256().unwrap_or("none")
+        );
         let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
             let _ = writeln!(
                 out,
@@ -244,7 +253,14 @@ mod tests {
             ..Counters::default()
         };
         let text = m.render(Some(&kernel));
+        let build = format!(
+            "l7r_build_info{{version=\"{}\",revision=\"{}\",ebpf_sha256=\"{}\"}} 1",
+            build_info::VERSION,
+            build_info::SOURCE_REVISION,
+            build_info::ebpf_object_sha256().unwrap_or("none")
+        );
         for line in [
+            build.as_str(),
             "l7r_selected_services 2",
             "l7r_map_entries 5",
             "l7r_map_capacity 65536",
