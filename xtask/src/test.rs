@@ -12,6 +12,17 @@ use anyhow::{Result, bail};
 
 use crate::{build_ebpf, setup, util, vm};
 
+/// `cargo` arguments that build (and run) the privileged test binary. The kernel matrix builds
+/// it with the same ones, so it tests the very binary of the host step, compiled once.
+pub const PRIVILEGED_TESTS: [&str; 6] = [
+    "test",
+    "--workspace",
+    "--features",
+    "redirector-tests/privileged",
+    "--test",
+    "privileged",
+];
+
 /// A cargo command for a test step, with the Envoy the end-to-end tests should run.
 fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(util::cargo());
@@ -84,16 +95,9 @@ pub fn run() -> Result<()> {
         // and nothing is compiled twice.
         ("privileged tests", || {
             require_root()?;
-            util::run(&mut cargo(&[
-                "test",
-                "--workspace",
-                "--features",
-                "redirector-tests/privileged",
-                "--test",
-                "privileged",
-                "--",
-                "--test-threads=1",
-            ]))
+            util::run(&mut cargo(
+                &[&PRIVILEGED_TESTS[..], &["--", "--test-threads=1"]].concat(),
+            ))
         }),
         // The host kernel's column is the step above.
         ("kernel matrix", || {

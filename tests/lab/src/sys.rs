@@ -20,6 +20,12 @@ pub fn require_root() {
     );
 }
 
+/// Whether the tests run in a `cargo xtask vm-test` guest (its `guest.sh` sets `L7R_IN_VM`):
+/// the CPU is emulated there, so a test that sizes its work does less, and says so.
+pub fn in_vm() -> bool {
+    std::env::var_os("L7R_IN_VM").is_some()
+}
+
 /// A short name unique to this process and call, for namespaces, cgroups, pins and files.
 /// The separator matters: without it process 31's call 0 and process 3's call 10 would both
 /// be "310", and two test processes would share (and tear down) each other's pins.

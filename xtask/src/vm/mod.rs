@@ -32,7 +32,7 @@ use self::{
     kernels::Kernel,
     report::Column,
 };
-use crate::{setup, util};
+use crate::{setup, test, util};
 
 /// The tests a matrix run selects when no filter is given: the kernel programs themselves.
 pub const DEFAULT_FILTER: &str = "datapath::";
@@ -203,16 +203,8 @@ fn check_tools() -> Result<()> {
 /// Builds the privileged test binary and returns its path.
 fn build_test_binary() -> Result<PathBuf> {
     let output = Command::new(util::cargo())
-        .args([
-            "test",
-            "--workspace",
-            "--features",
-            "redirector-tests/privileged",
-            "--test",
-            "privileged",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(test::PRIVILEGED_TESTS)
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
         .current_dir(util::workspace_root())
         .stderr(Stdio::inherit())
         .output()

@@ -33,11 +33,7 @@ fn service() -> SocketAddr {
 /// How many write-then-close clients: the thousand on the host, fewer in an emulated VM
 /// (each is a connection through the proxy, and TCG is several times slower).
 fn write_and_close_rounds() -> usize {
-    if std::env::var_os("L7R_IN_VM").is_some() {
-        200
-    } else {
-        1000
-    }
+    if l7r_lab::sys::in_vm() { 200 } else { 1000 }
 }
 
 /// A client that connects, writes one line and closes at once (`nc -q0`) must reach the backend

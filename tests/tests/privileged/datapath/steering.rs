@@ -333,7 +333,7 @@ fn restart_in_a_new_process_keeps_connections_and_selection() -> Result<()> {
 /// is emulated and several times slower, five thousand, which still fill and empty `orig_dst`
 /// many times over the per-test limit of the matrix.
 fn churn_connections() -> u64 {
-    if std::env::var_os("L7R_IN_VM").is_some() {
+    if l7r_lab::sys::in_vm() {
         5_000
     } else {
         100_000
