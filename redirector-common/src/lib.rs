@@ -29,15 +29,23 @@ pub mod map_names {
     /// Service id → [`ServiceName`](crate::ServiceName), so `redirector status` can name
     /// Services from the pins alone. Only user space reads it.
     pub const SERVICE_NAMES: &str = "service_names";
+    /// Index [`PROXY4`](crate::PROXY4) / [`PROXY6`](crate::PROXY6): the
+    /// [`ProxyLease`](crate::ProxyLease) the daemon grants each proxy. Only user space writes it.
+    pub const PROXY_LEASE: &str = "proxy_lease";
+    /// Index [`PROXY4`](crate::PROXY4) / [`PROXY6`](crate::PROXY6): when (`bpf_ktime_get_ns`)
+    /// a steered connect to that proxy last failed. Only the kernel writes it.
+    pub const PROXY_FAILED: &str = "proxy_failed";
 
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 8] = [
         SERVICES,
         CONFIG,
         ORIG_DST,
         SOCK_ORIG_DST,
         COUNTERS,
         SERVICE_NAMES,
+        PROXY_LEASE,
+        PROXY_FAILED,
     ];
 }
 
@@ -264,6 +272,45 @@ pub struct CgroupRef {
 }
 const _: () = assert!(core::mem::size_of::<CgroupRef>() == 16);
 
+/// Index of the IPv4 proxy in `proxy_lease` and `proxy_failed`.
+pub const PROXY4: u32 = 0;
+/// Index of the IPv6 proxy in `proxy_lease` and `proxy_failed`.
+pub const PROXY6: u32 = 1;
+
+/// A proxy's readiness as a lease: the programs steer to it only while
+/// `now < ready_until_ns` and no steered connect to it has failed since `checked_at_ns`
+/// (`proxy_failed`). Times are `CLOCK_MONOTONIC` nanoseconds, the clock of `bpf_ktime_get_ns`.
+///
+/// A lease, not a flag, so that nothing has to be written for traffic to fail open: when the
+/// daemon is gone (crashed, uninstalled, stuck) the lease runs out and new connections go
+/// direct. And a failure seen by the kernel voids it at once, without waiting for the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProxyLease {
+    /// Steer until this instant; 0: not ready.
+    pub ready_until_ns: u64,
+    /// When the proxy check that granted the lease started. A failure recorded after it (in
+    /// `proxy_failed`) voids the lease; one recorded before it was already known to the check.
+    pub checked_at_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ProxyLease>() == 16);
+
+impl ProxyLease {
+    /// A lease that steers nothing.
+    pub const NOT_READY: Self = Self {
+        ready_until_ns: 0,
+        checked_at_ns: 0,
+    };
+
+    /// Whether the programs steer to the proxy at `now`, given when a steered connect to it
+    /// last failed (`failed_at_ns`, 0 for never). The kernel and user space (status, metrics)
+    /// decide with this one function.
+    #[inline(always)]
+    pub const fn steers(&self, now_ns: u64, failed_at_ns: u64) -> bool {
+        now_ns < self.ready_until_ns && failed_at_ns <= self.checked_at_ns
+    }
+}
+
 /// The single entry of the `config` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -272,10 +319,9 @@ pub struct Config {
     pub proxy4_addr: [u8; 4],
     /// The node proxy's IPv4 port (host order); 0 means no IPv4 proxy.
     pub proxy4_port: u16,
-    /// 1 when the IPv4 proxy accepts connections; 0 means fail open (steer nothing).
-    pub proxy4_ready: u8,
-    /// 1 when the IPv6 proxy accepts connections.
-    pub proxy6_ready: u8,
+    /// Always zero. (Versions before the readiness lease kept a ready flag per family here;
+    /// readiness is now the `proxy_lease` map, which expires on its own.)
+    pub _reserved: [u8; 2],
     /// The node proxy's IPv6 address.
     pub proxy6_addr: [u8; 16],
     /// The node proxy's IPv6 port (host order); 0 means no IPv6 proxy.
@@ -416,13 +462,17 @@ counters! {
     skipped_root_cgroup => "l7r_connections_skipped_total" { "reason" = "root_cgroup" };
     /// Selected destination, but no proxy of its family is configured (IPv6 without --proxy6).
     skipped_no_proxy => "l7r_connections_skipped_total" { "reason" = "no_proxy" };
-    /// Selected destination, but the proxy is not ready (fail-open).
+    /// Selected destination, but the proxy is not ready (fail-open): its lease ran out or was
+    /// revoked, or a steered connect to it failed since the last good check.
     skipped_proxy_not_ready => "l7r_connections_skipped_total" { "reason" = "proxy_not_ready" };
     /// Selected destination, but the original destination could not be recorded (no memory).
     skipped_record_failed => "l7r_connections_skipped_total" { "reason" = "record_failed" };
     /// A steered connection that could not be published in `orig_dst` (no memory): the proxy will
     /// find no original destination for it.
     publish_failed => "l7r_original_dst_publish_failures_total";
+    /// A steered connect that failed at the proxy (refused, or its SYN timed out): each one voids
+    /// the proxy's lease until the daemon's next good check, so the connects after it go direct.
+    proxy_connect_failed => "l7r_proxy_connect_failures_total";
     /// `SO_ORIGINAL_DST` asked by the proxy and answered from `orig_dst`.
     orig_dst_found => "l7r_original_dst_lookups_total" { "result" = "found" };
     /// `SO_ORIGINAL_DST` asked on a proxy socket for a connection that was not steered (it was made

@@ -6,7 +6,8 @@ use std::{
 };
 
 use crate::{
-    Config, Counters, Endpoint, MAX_NAME_LEN, ServiceKey, ServiceName, ServiceValue, v4_mapped,
+    Config, Counters, Endpoint, MAX_NAME_LEN, ProxyLease, ServiceKey, ServiceName, ServiceValue,
+    v4_mapped,
 };
 
 // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
@@ -17,6 +18,7 @@ unsafe impl aya::Pod for ServiceValue {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for ServiceName {}
+unsafe impl aya::Pod for ProxyLease {}
 
 /// The 16-byte form of an address as the maps store it (IPv4 becomes IPv4-mapped).
 pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {

@@ -1,7 +1,7 @@
 //! `cgroup/connect4` and `cgroup/connect6`: the steering decision.
 //!
 //! A TCP connect to a selected destination, from a socket that is not excluded, while the proxy
-//! is ready, is rewritten to one of the proxy's ports, and the original destination is stored on
+//! holds a valid readiness lease, is rewritten to one of the proxy's ports, and the original destination is stored on
 //! the socket. Everything else passes untouched; unselected traffic costs one hash lookup and,
 //! to forget what an earlier connect on the same socket may have recorded, one socket-storage
 //! delete (a pointer test on a socket that has none).
@@ -9,18 +9,22 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id},
+    helpers::{
+        bpf_get_current_uid_gid,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns},
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use redirector_common::{
-    Config, Endpoint, IPPROTO_TCP, MAX_EXCLUDED_CGROUPS, ServiceKey, proxy_port_for, v4_mapped,
+    Config, Endpoint, IPPROTO_TCP, MAX_EXCLUDED_CGROUPS, PROXY4, PROXY6, ServiceKey,
+    proxy_port_for, v4_mapped,
 };
 
 use crate::{
     counters::bump,
     ctx::{ALLOW, read_ip6, write_ip6},
-    maps::{CONFIG, SERVICES, SOCK_ORIG_DST},
+    maps::{CONFIG, PROXY_FAILED, PROXY_LEASE, SERVICES, SOCK_ORIG_DST},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -89,20 +93,16 @@ fn steer(ctx: &SockAddrContext, dst: Endpoint) -> Option<Endpoint> {
     SERVICES.get_ptr(ServiceKey::tcp(dst.addr, dst.port))?;
     // SAFETY: index 0 of a one-element array map always exists; user space writes it whole.
     let cfg = unsafe { &*CONFIG.get_ptr(0)? };
-    let (ready, proxy_addr, first_port) = if dst.is_v4() {
-        (
-            cfg.proxy4_ready,
-            v4_mapped(cfg.proxy4_addr),
-            cfg.proxy4_port,
-        )
+    let (which, proxy_addr, first_port) = if dst.is_v4() {
+        (PROXY4, v4_mapped(cfg.proxy4_addr), cfg.proxy4_port)
     } else {
-        (cfg.proxy6_ready, cfg.proxy6_addr, cfg.proxy6_port)
+        (PROXY6, cfg.proxy6_addr, cfg.proxy6_port)
     };
     if first_port == 0 {
         bump!(skipped_no_proxy);
         return None;
     }
-    if ready == 0 {
+    if !proxy_ready(which) {
         bump!(skipped_proxy_not_ready);
         return None;
     }
@@ -127,6 +127,18 @@ fn steer(ctx: &SockAddrContext, dst: Endpoint) -> Option<Endpoint> {
     bump!(redirected);
     let port = proxy_port_for(&dst, first_port, cfg.proxy_port_count());
     Some(Endpoint::new(proxy_addr, port))
+}
+
+/// Whether proxy `which` holds a lease now that no failed connect has voided.
+#[inline(always)]
+fn proxy_ready(which: u32) -> bool {
+    let Some(lease) = PROXY_LEASE.get(which) else {
+        return false;
+    };
+    let failed_at = PROXY_FAILED.get(which).copied().unwrap_or(0);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    lease.steers(now, failed_at)
 }
 
 /// Drops the record an earlier, steered connect on this socket left (a connect that failed, then

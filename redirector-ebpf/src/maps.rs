@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use redirector_common::{
-    Config, Counters, DEFAULT_SERVICES_CAPACITY, Endpoint, ORIG_DST_CAPACITY, ServiceKey,
-    ServiceName, ServiceValue,
+    Config, Counters, DEFAULT_SERVICES_CAPACITY, Endpoint, ORIG_DST_CAPACITY, ProxyLease,
+    ServiceKey, ServiceName, ServiceValue,
 };
 
 /// Selected destinations. User space may resize it before load (`--services-capacity`).
@@ -18,6 +18,16 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue, { DEFAULT_SERVICES_CAPACI
 /// Index 0: proxy addresses, readiness and exclusions.
 #[btf_map(name = "config")]
 pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Per proxy (`PROXY4`, `PROXY6`): the readiness lease the daemon grants. Written only by user
+/// space, so the kernel's own verdict (`PROXY_FAILED`) can never be lost to a racing write.
+#[btf_map(name = "proxy_lease")]
+pub static PROXY_LEASE: Array<ProxyLease, 2> = Array::new();
+
+/// Per proxy: when a steered connect to it last failed (`bpf_ktime_get_ns`). Written only by
+/// the kernel; it voids any lease granted by a check that started before it.
+#[btf_map(name = "proxy_failed")]
+pub static PROXY_FAILED: Array<u64, 2> = Array::new();
 
 /// Redirected connections keyed by the client's address and port, which is how the proxy sees
 /// them: the client's original destination. Removed at close by `sockops`; LRU as a backstop.

@@ -8,27 +8,31 @@
 //!   kernel) long before a busy proxy accepts the connection and asks `SO_ORIGINAL_DST`. The
 //!   client side removes it only when its connect failed, since then no proxy socket exists.
 //!   The LRU is the backstop.
-//! - The state callback is switched on only for steered client sockets and for sockets accepted
-//!   on the proxy's addresses, so other connections never pay for it.
+//! - A steered connect that fails at the proxy (refused: the SYN met a reset; or its SYN timed
+//!   out) voids the proxy's readiness lease at once (`proxy_failed`), so the connects after it
+//!   go direct instead of failing too; the daemon grants a new lease after its next good check.
+//! - The state (and retransmission-timeout) callbacks are switched on only for steered client
+//!   sockets and for sockets accepted on the proxy's addresses, so other connections never pay
+//!   for them.
 
 use core::ptr::{addr_of, from_ref, null_mut, read_volatile};
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
-        bpf_sock_ops,
+        BPF_ANY, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB,
+        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT, bpf_sock_ops,
     },
-    helpers::generated::bpf_sk_storage_get,
+    helpers::generated::{bpf_ktime_get_ns, bpf_sk_storage_get},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use redirector_common::{AF_INET, Endpoint, v4_mapped};
+use redirector_common::{AF_INET, Endpoint, PROXY4, PROXY6, v4_mapped};
 
 use crate::{
     counters::bump,
     ctx::read_ip6,
-    maps::{CONFIG, ORIG_DST, SOCK_ORIG_DST},
+    maps::{CONFIG, ORIG_DST, PROXY_FAILED, SOCK_ORIG_DST},
 };
 
 #[sock_ops]
@@ -37,6 +41,7 @@ pub fn track_connection(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepted(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_close(&ctx),
+        BPF_SOCK_OPS_RTO_CB => on_timeout(&ctx),
         _ => {}
     }
     // sockops programs answer 1 for "ok"; the value is not a verdict.
@@ -81,7 +86,11 @@ fn on_connect(ctx: &SockOpsContext) {
     {
         bump!(publish_failed);
     }
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    // The timeout callback tells a proxy that does not answer SYNs (stopped, its accept queue
+    // full) from one that is just slow.
+    let _ = ctx.set_cb_flags(
+        (ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG) as i32,
+    );
 }
 
 /// A connection accepted on one of the proxy's addresses: its close ends the record.
@@ -97,16 +106,48 @@ fn on_accepted(ctx: &SockOpsContext) {
 
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
-    if recorded(ctx).is_some() {
+    if let Some(orig) = recorded(ctx) {
         // The client side: only a connect that failed (no proxy socket was ever made) removes
-        // the entry here.
+        // the entry here. A steered socket closed before its handshake completed was refused
+        // by the proxy (or timed out there): on a node-local proxy nothing else leaves a
+        // socket in SYN_SENT long enough for an application to give up on it.
         if ctx.arg(0) == BPF_TCP_SYN_SENT {
             let _ = ORIG_DST.remove(local_endpoint(ctx.ops));
+            proxy_failed(&orig);
         }
     } else {
         // The proxy side: its peer is the client, the entry's key.
         let _ = ORIG_DST.remove(remote_endpoint(ctx.ops));
     }
+}
+
+/// A retransmission timeout: on a steered socket still in SYN_SENT, the proxy did not answer
+/// its SYN within the initial RTO (1 s).
+#[inline(always)]
+fn on_timeout(ctx: &SockOpsContext) {
+    // SAFETY: a context field, read as the 4-byte word it is.
+    let state = unsafe { read_volatile(addr_of!((*ctx.ops).state)) };
+    if state != BPF_TCP_SYN_SENT {
+        return;
+    }
+    if let Some(orig) = recorded(ctx) {
+        proxy_failed(&orig);
+    }
+}
+
+/// Voids the lease of the proxy `orig` was steered to: the connects after this one go direct
+/// until the daemon's next good check.
+#[inline(always)]
+fn proxy_failed(orig: &Endpoint) {
+    // IPv4 destinations (IPv4-mapped ones on dual-stack sockets too) go to the IPv4 proxy.
+    let which = if orig.is_v4() { PROXY4 } else { PROXY6 };
+    if let Some(failed_at) = PROXY_FAILED.get_ptr_mut(which) {
+        // SAFETY: plain helper call; the pointer is an element of an array map, valid and
+        // aligned. An aligned 8-byte store is not torn, and concurrent writers all store
+        // "now", so any of them winning is right.
+        unsafe { *failed_at = bpf_ktime_get_ns() };
+    }
+    bump!(proxy_connect_failed);
 }
 
 /// The socket's own address and port. On a client socket that is how the proxy's accepted socket

@@ -205,9 +205,22 @@ pub struct RunArgs {
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// How often to check that the proxy accepts connections (e.g. 1s, 500ms).
+    /// How often to check that the proxy is serving (e.g. 1s, 500ms): a connect to its
+    /// listener and, with --proxy-admin, Envoy's `/ready`. A check that fails, or takes longer
+    /// than the interval (at most 1 s), marks the proxy not ready at once: new connections go
+    /// direct.
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
     pub proxy_check_interval: Duration,
+    /// How long one good proxy check lets the kernel steer to the proxy. Each good check renews
+    /// it; when nothing renews it (the daemon crashed, hangs, or was uninstalled) new
+    /// connections go direct once it runs out. Must be longer than --proxy-check-interval.
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration)]
+    pub ready_lease: Duration,
+    /// Envoy's admin address (on the node's loopback, e.g. 127.0.0.1:9901): the proxy check
+    /// then also asks `GET /ready`, which only a serving Envoy answers with 200 (a stopped or
+    /// hung Envoy still completes TCP handshakes through the kernel's accept queue).
+    #[arg(long, value_name = "IP:PORT")]
+    pub proxy_admin: Option<SocketAddr>,
     /// On SIGTERM, keep checking the proxy this long before exiting, so that a proxy going
     /// down together with the daemon (a pod deleted or rolled) is marked not ready and traffic
     /// fails open instead of being steered to nothing.
@@ -239,6 +252,8 @@ impl RunArgs {
             exclude_mark: self.exclude_mark,
             metrics_addr: self.metrics_addr,
             proxy_check_interval: self.proxy_check_interval,
+            ready_lease: self.ready_lease,
+            proxy_admin: self.proxy_admin,
             shutdown_grace: self.shutdown_grace,
             services_capacity: self.services_capacity,
         })

@@ -3,10 +3,10 @@
 //! proxy, and serves metrics. On SIGTERM or SIGINT it exits and leaves the datapath in place:
 //! steering goes on unchanged until the next run adopts it.
 //!
-//! Before it exits it keeps checking the proxy for `--shutdown-grace`: when a pod is deleted or
-//! rolled, Envoy stops together with the daemon, and without this last look the pinned config
-//! would still say "ready" with nobody left to say otherwise, so new connections would be
-//! steered to a proxy that is gone instead of failing open.
+//! The proxy's readiness is a lease (`health`): once the daemon stops renewing it, the programs
+//! stop steering within `--ready-lease`, and a steered connect that fails voids it at once. Before
+//! it exits the daemon keeps checking the proxy for `--shutdown-grace`, so that a proxy that stops
+//! together with it (a pod deleted or rolled) has its lease revoked rather than left to run out.
 
 use std::{
     collections::BTreeSet,
@@ -26,8 +26,9 @@ use tracing::{error, info, warn};
 use crate::{
     build_info,
     cgroup::{cgroup_ref, cgroup2_mount},
+    clock,
     dataplane::{Dataplane, LoadOptions, warn_capacity_mismatch},
-    health,
+    health::{self, HealthOptions},
     k8s::{
         sources::{self, Kinds, Source, SourceStats, kube::EventPublisher},
         store::{Change, ObjectStore},
@@ -65,6 +66,10 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// How often to check the proxy.
     pub proxy_check_interval: Duration,
+    /// How long a good check lets the kernel steer to the proxy.
+    pub ready_lease: Duration,
+    /// Envoy's admin address, whose `/ready` the check asks too.
+    pub proxy_admin: Option<SocketAddr>,
     /// How long to keep checking the proxy after SIGTERM before exiting.
     pub shutdown_grace: Duration,
     /// Capacity of a newly created `services` map.
@@ -80,6 +85,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         "redirector starting"
     );
     // Everything that can be checked without touching the kernel is checked first.
+    if opts.ready_lease <= opts.proxy_check_interval {
+        anyhow::bail!(
+            "--ready-lease ({:?}) must be longer than --proxy-check-interval ({:?}), or the \
+             lease would run out between two good checks and traffic would go direct; e.g. \
+             --ready-lease=3s with --proxy-check-interval=1s",
+            opts.ready_lease,
+            opts.proxy_check_interval
+        );
+    }
+    clock::check_monotonic_not_shifted()?;
     let mount = cgroup2_mount()?;
     let cgroup = opts.cgroup.clone().unwrap_or_else(|| mount.clone());
     // The attach point's own tasks (on a node: the kernel's threads in the root cgroup) are
@@ -99,7 +114,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         exclude_uids: opts.exclude_uids.clone(),
         exclude_mark: opts.exclude_mark,
     };
-    let mut config = settings.to_config()?;
+    let config = settings.to_config()?;
     let metrics_listener = match opts.metrics_addr {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -124,16 +139,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut dataplane = Dataplane::load(&load)?;
     warn_capacity_mismatch(&dataplane, opts.services_capacity);
     dataplane.attach(&cgroup)?;
-    // Keep the pinned readiness while the proxies are the same, so a restart causes no
-    // fail-open blip; the checker corrects it within one interval.
+    // A lease the previous run granted stays in force while the proxies are the same, so a
+    // restart causes no fail-open blip; for other proxies it must not carry over.
     let pinned = dataplane.config()?;
-    if pinned.proxy4() == config.proxy4() && pinned.proxy6() == config.proxy6() {
-        config.proxy4_ready = pinned.proxy4_ready;
-        config.proxy6_ready = pinned.proxy6_ready;
+    if pinned.proxy4() != config.proxy4() || pinned.proxy6() != config.proxy6() {
+        dataplane.set_proxy_ready(false, false)?;
     }
     dataplane.set_config(&config)?;
     metrics.set_capacity(dataplane.services_capacity());
-    metrics.set_proxy_ready(config.proxy4_ready != 0, config.proxy6_ready != 0);
+    health::publish(&dataplane, &metrics);
     let mut reconciler = Reconciler::new(dataplane)?;
     info!(
         pinned_destinations = reconciler.current().services.len(),
@@ -142,9 +156,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     );
 
     let _health = health::start(
-        settings.proxy4,
-        settings.proxy6,
-        opts.proxy_check_interval,
+        HealthOptions {
+            proxy4: settings.proxy4,
+            proxy6: settings.proxy6,
+            admin: opts.proxy_admin,
+            interval: opts.proxy_check_interval,
+            lease: opts.ready_lease,
+        },
         Dataplane::open_pinned(&opts.pin_dir)?,
         Arc::clone(&metrics),
     );

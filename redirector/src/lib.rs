@@ -19,7 +19,8 @@
 //!
 //! Around it:
 //! - [`dataplane`]: the only module that touches aya: load, pin, attach, read and write maps.
-//! - [`health`]: proxy readiness checks (fail-open when the proxy is down).
+//! - [`health`]: proxy readiness checks, granting the kernel a readiness lease (fail-open when
+//!   the proxy is down or nobody renews the lease); [`clock`]: the lease's clock.
 //! - [`metrics`]: the metrics registry, and the server of `/metrics`, `/healthz`, `/readyz`.
 //! - [`status`]: the `redirector status` report.
 //! - [`cgroup`], [`fs_type`]: finding cgroup v2 directories; which file system a path is on.
@@ -29,6 +30,7 @@
 pub mod build_info;
 pub mod cgroup;
 pub mod cli;
+pub mod clock;
 pub mod collector;
 pub mod daemon;
 pub mod dataplane;

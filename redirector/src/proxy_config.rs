@@ -201,8 +201,8 @@ impl ProxySettings {
             .collect()
     }
 
-    /// The config entry, with both proxies marked not ready: readiness is the health checker's
-    /// to set, once it has seen the proxy accept a connection.
+    /// The config entry. Readiness is not in it: it is the lease the health checker grants
+    /// (`proxy_lease`) once it has seen the proxy serve.
     pub fn to_config(&self) -> Result<Config, ProxyConfigError> {
         let mut config = Config::default();
         if self.proxy4.is_none() && self.proxy6.is_none() {
@@ -269,11 +269,7 @@ mod tests {
         let c = s.to_config().unwrap();
         assert_eq!(c.proxy4(), s.proxy4);
         assert_eq!(c.proxy6(), s.proxy6);
-        assert_eq!(
-            (c.proxy4_ready, c.proxy6_ready),
-            (0, 0),
-            "ready only once checked"
-        );
+        assert_eq!(c._reserved, [0, 0]);
     }
 
     #[test]

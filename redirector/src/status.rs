@@ -3,10 +3,11 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
-use redirector_common::{Config, Counters, ServiceKey, ServiceName, ServiceValue};
+use redirector_common::{Config, Counters, ProxyLease, ServiceKey, ServiceName, ServiceValue};
 use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
 use crate::{
+    clock,
     dataplane::{Dataplane, DataplaneError},
     reconcile::SelectionMaps as _,
 };
@@ -39,8 +40,50 @@ pub struct ProxyStatus {
     pub address: SocketAddr,
     /// How many consecutive ports from `address`'s the proxy listens on.
     pub ports: u16,
-    /// Whether new connections are steered to it.
+    /// Whether new connections are steered to it now.
     pub ready: bool,
+    /// Its readiness lease.
+    pub lease: LeaseStatus,
+}
+
+/// A proxy's readiness lease, relative to now (milliseconds).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// How long the lease still runs (`None`: it has no end, set by a tool rather than the
+    /// daemon; 0: it ran out or there is none).
+    pub remaining_ms: Option<u64>,
+    /// How long ago the check that granted it started (`None`: no lease was granted, or it was
+    /// revoked by a failed check).
+    pub age_ms: Option<u64>,
+    /// How long ago a steered connect to the proxy last failed (`None`: never).
+    pub connect_failed_ms_ago: Option<u64>,
+}
+
+/// The leases and the kernel's failure times, read at one instant.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Readiness {
+    /// `proxy_lease`, `[IPv4, IPv6]`.
+    pub leases: [ProxyLease; 2],
+    /// `proxy_failed`, `[IPv4, IPv6]`.
+    pub failed_at_ns: [u64; 2],
+    /// `CLOCK_MONOTONIC` when they were read.
+    pub now_ns: u64,
+}
+
+impl Readiness {
+    fn proxy(&self, i: usize) -> (bool, LeaseStatus) {
+        let lease = self.leases[i];
+        let failed = self.failed_at_ns[i];
+        let ms = |ns: u64| ns / 1_000_000;
+        let granted = lease.ready_until_ns != 0;
+        let status = LeaseStatus {
+            remaining_ms: (lease.ready_until_ns != u64::MAX)
+                .then(|| ms(lease.ready_until_ns.saturating_sub(self.now_ns))),
+            age_ms: granted.then(|| ms(self.now_ns.saturating_sub(lease.checked_at_ns))),
+            connect_failed_ms_ago: (failed != 0).then(|| ms(self.now_ns.saturating_sub(failed))),
+        };
+        (lease.steers(self.now_ns, failed), status)
+    }
 }
 
 /// Exclusions as configured.
@@ -82,30 +125,58 @@ impl Serialize for CounterReport {
     }
 }
 
+/// What the pins hold, read at one instant: the input of [`build`].
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The pin directory read.
+    pub pin_dir: String,
+    /// The `config` entry.
+    pub config: Config,
+    /// The proxies' leases and last failures.
+    pub readiness: Readiness,
+    /// The `services` map.
+    pub services: Vec<(ServiceKey, ServiceValue)>,
+    /// The `service_names` map.
+    pub names: BTreeMap<u32, ServiceName>,
+    /// Capacity of the `services` map.
+    pub capacity: u32,
+    /// Entries in `orig_dst`.
+    pub tracked_connections: usize,
+    /// The counters, summed over CPUs.
+    pub counters: Counters,
+}
+
 /// Reads the report from a pinned dataplane.
 pub fn gather(dp: &Dataplane) -> Result<StatusReport, DataplaneError> {
     let pinned = dp.read()?;
-    Ok(build(
-        dp.pin_dir().display().to_string(),
-        &dp.config()?,
-        pinned.services.into_iter().collect(),
-        &pinned.names,
-        dp.services_capacity(),
-        dp.orig_dst_entries()?.len(),
-        dp.counters()?,
-    ))
+    Ok(build(Snapshot {
+        pin_dir: dp.pin_dir().display().to_string(),
+        config: dp.config()?,
+        readiness: Readiness {
+            leases: dp.proxy_leases()?,
+            failed_at_ns: dp.proxy_failures()?,
+            now_ns: clock::monotonic_ns(),
+        },
+        services: pinned.services.into_iter().collect(),
+        names: pinned.names,
+        capacity: dp.services_capacity(),
+        tracked_connections: dp.orig_dst_entries()?.len(),
+        counters: dp.counters()?,
+    }))
 }
 
 /// Pure assembly of the report.
-pub fn build(
-    pin_dir: String,
-    config: &Config,
-    services: Vec<(ServiceKey, ServiceValue)>,
-    names: &BTreeMap<u32, ServiceName>,
-    capacity: u32,
-    tracked_connections: usize,
-    counters: Counters,
-) -> StatusReport {
+pub fn build(snapshot: Snapshot) -> StatusReport {
+    let Snapshot {
+        pin_dir,
+        config,
+        readiness,
+        services,
+        names,
+        capacity,
+        tracked_connections,
+        counters,
+    } = snapshot;
     let mut destinations: Vec<Destination> = services
         .into_iter()
         .map(|(k, v)| Destination {
@@ -126,15 +197,23 @@ pub fn build(
     let n_uids = (config.exclude_uid_count as usize).min(config.exclude_uids.len());
     StatusReport {
         pin_dir,
-        proxy4: config.proxy4().map(|address| ProxyStatus {
-            address,
-            ports: config.proxy_port_count(),
-            ready: config.proxy4_ready != 0,
+        proxy4: config.proxy4().map(|address| {
+            let (ready, lease) = readiness.proxy(0);
+            ProxyStatus {
+                address,
+                ports: config.proxy_port_count(),
+                ready,
+                lease,
+            }
         }),
-        proxy6: config.proxy6().map(|address| ProxyStatus {
-            address,
-            ports: config.proxy_port_count(),
-            ready: config.proxy6_ready != 0,
+        proxy6: config.proxy6().map(|address| {
+            let (ready, lease) = readiness.proxy(1);
+            ProxyStatus {
+                address,
+                ports: config.proxy_port_count(),
+                ready,
+                lease,
+            }
         }),
         exclusions: Exclusions {
             cgroups: config.exclude_cgroups[..n_cgroups]
@@ -152,6 +231,37 @@ pub fn build(
     }
 }
 
+/// `ready, lease 2.4s left (granted 0.6s ago)`, or why it is not.
+fn readiness_text(p: &ProxyStatus) -> String {
+    let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    let l = &p.lease;
+    if p.ready {
+        let left = l
+            .remaining_ms
+            .map_or("without end (set by a tool, not the daemon)".into(), |ms| {
+                format!("{} left", secs(ms))
+            });
+        let age = l
+            .age_ms
+            .map_or(String::new(), |ms| format!(" (granted {} ago)", secs(ms)));
+        return format!("ready, lease {left}{age}");
+    }
+    let why = match (l.age_ms, l.connect_failed_ms_ago) {
+        (Some(age), Some(failed)) if failed < age => format!(
+            "a steered connect failed {} ago, after the last good check",
+            secs(failed)
+        ),
+        (Some(age), _) => format!(
+            "the lease ran out (granted {} ago): no daemon renews it",
+            secs(age)
+        ),
+        (None, _) => {
+            "no lease: the proxy failed its last check, or no daemon has checked it".into()
+        }
+    };
+    format!("NOT READY, {why}; traffic goes direct")
+}
+
 /// The human-readable table.
 pub fn render_text(r: &StatusReport) -> String {
     let mut out = String::new();
@@ -164,11 +274,7 @@ pub fn render_text(r: &StatusReport) -> String {
             } else {
                 String::new()
             },
-            if p.ready {
-                "ready"
-            } else {
-                "NOT READY: traffic goes direct"
-            }
+            readiness_text(p)
         ),
         None => "none".to_string(),
     };
@@ -235,7 +341,6 @@ mod tests {
         let mut config = Config {
             proxy4_addr: [10, 0, 0, 1],
             proxy4_port: 15001,
-            proxy4_ready: 1,
             proxy_ports: 16,
             exclude_uid_count: 1,
             ..Config::default()
@@ -263,22 +368,35 @@ mod tests {
             ..Counters::default()
         };
         let names = BTreeMap::from([(1, ServiceName::new("shop", "web"))]);
-        let r = build(
-            "/pins".into(),
-            &config,
+        let r = build(Snapshot {
+            pin_dir: "/pins".into(),
+            config,
+            readiness: Readiness {
+                leases: [
+                    ProxyLease {
+                        ready_until_ns: 12_400_000_000,
+                        checked_at_ns: 9_400_000_000,
+                    },
+                    ProxyLease::NOT_READY,
+                ],
+                failed_at_ns: [0, 0],
+                now_ns: 10_000_000_000,
+            },
             services,
-            &names,
-            65536,
-            2,
+            names,
+            capacity: 65536,
+            tracked_connections: 2,
             counters,
-        );
+        });
         assert_eq!(r.destinations[0].address.to_string(), "10.96.0.20:443");
         assert_eq!(r.destinations[0].service, "(unnamed #2)");
         assert_eq!(r.destinations[1].service, "shop/web");
         assert!(r.proxy6.is_none());
         let text = render_text(&r);
         assert!(
-            text.contains("proxy (IPv4): 10.0.0.1:15001-15016 (ready)"),
+            text.contains(
+                "proxy (IPv4): 10.0.0.1:15001-15016 (ready, lease 2.4s left (granted 0.6s ago))"
+            ),
             "{text}"
         );
         assert!(text.contains("uids [1337]"), "{text}");
@@ -291,6 +409,45 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["counters"]["seen"], 7);
+        assert_eq!(json["proxy4"]["lease"]["remaining_ms"], 2400);
         assert_eq!(json["destinations"][1]["service"], "shop/web");
+    }
+
+    #[test]
+    fn a_proxy_that_is_not_ready_says_why() {
+        let at = |ready_until_ns, checked_at_ns, failed, now| {
+            let r = Readiness {
+                leases: [
+                    ProxyLease {
+                        ready_until_ns,
+                        checked_at_ns,
+                    },
+                    ProxyLease::NOT_READY,
+                ],
+                failed_at_ns: [failed, 0],
+                now_ns: now,
+            };
+            let (ready, lease) = r.proxy(0);
+            readiness_text(&ProxyStatus {
+                address: "10.0.0.1:15001".parse().unwrap(),
+                ports: 1,
+                ready,
+                lease,
+            })
+        };
+        let s = 1_000_000_000;
+        assert_eq!(
+            at(13 * s, 10 * s, 11 * s, 12 * s),
+            "NOT READY, a steered connect failed 1.0s ago, after the last good check; traffic goes direct"
+        );
+        assert_eq!(
+            at(13 * s, 10 * s, 0, 20 * s),
+            "NOT READY, the lease ran out (granted 10.0s ago): no daemon renews it; traffic goes direct"
+        );
+        assert!(at(0, 0, 0, 20 * s).contains("no lease"));
+        assert_eq!(
+            at(u64::MAX, 10 * s, 9 * s, 12 * s),
+            "ready, lease without end (set by a tool, not the daemon) (granted 2.0s ago)"
+        );
     }
 }

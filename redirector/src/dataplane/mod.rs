@@ -4,7 +4,8 @@
 //!
 //! Pin layout under the pin directory (default `/sys/fs/bpf/l7-redirector`):
 //! ```text
-//! services  config  orig_dst  sock_orig_dst  counters     the maps
+//! services  config  orig_dst  sock_orig_dst  counters  service_names
+//! proxy_lease  proxy_failed                                   the maps
 //! links/connect4  links/connect6  links/track_connection  ...   one bpf_link per program
 //! ```
 //! State lives in the pins, not in the process: a daemon that exits leaves steering running,
@@ -25,12 +26,14 @@ use aya::{
     util::KernelVersion,
 };
 use redirector_common::{
-    Config, Counters, Endpoint, ServiceKey, ServiceName, ServiceValue, map_names, program_names,
+    Config, Counters, Endpoint, PROXY4, PROXY6, ProxyLease, ServiceKey, ServiceName, ServiceValue,
+    map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{self, CgroupError},
+    clock,
     reconcile::{Pinned, SelectionMaps},
 };
 
@@ -82,6 +85,8 @@ pub struct Dataplane {
     orig_dst: HashMap<MapData, Endpoint, Endpoint>,
     counters: PerCpuArray<MapData, Counters>,
     service_names: HashMap<MapData, u32, ServiceName>,
+    proxy_lease: Array<MapData, ProxyLease>,
+    proxy_failed: Array<MapData, u64>,
     /// Loaded programs; `None` for a dataplane opened from pins only (status, tests).
     programs: Option<Ebpf>,
 }
@@ -155,7 +160,9 @@ impl Dataplane {
         pin_dir: &Path,
         mut take: impl FnMut(&'static str) -> Result<Map, MapError>,
     ) -> Result<Self> {
-        use map_names::{CONFIG, COUNTERS, ORIG_DST, SERVICE_NAMES, SERVICES};
+        use map_names::{
+            CONFIG, COUNTERS, ORIG_DST, PROXY_FAILED, PROXY_LEASE, SERVICE_NAMES, SERVICES,
+        };
         let services: HashMap<MapData, ServiceKey, ServiceValue> = take(SERVICES)
             .and_then(HashMap::try_from)
             .map_err(map_err(SERVICES))?;
@@ -180,6 +187,12 @@ impl Dataplane {
             service_names: take(SERVICE_NAMES)
                 .and_then(HashMap::try_from)
                 .map_err(map_err(SERVICE_NAMES))?,
+            proxy_lease: take(PROXY_LEASE)
+                .and_then(Array::try_from)
+                .map_err(map_err(PROXY_LEASE))?,
+            proxy_failed: take(PROXY_FAILED)
+                .and_then(Array::try_from)
+                .map_err(map_err(PROXY_FAILED))?,
             programs: None,
         })
     }
@@ -278,12 +291,63 @@ impl Dataplane {
             .map_err(map_err(map_names::CONFIG))
     }
 
-    /// Marks the proxies ready or not; not ready means new connections go direct (fail-open).
+    /// Grants proxy `which` ([`PROXY4`] or [`PROXY6`]) a lease (or, with
+    /// [`ProxyLease::NOT_READY`], revokes it: new connections go direct).
+    pub fn set_proxy_lease(&mut self, which: u32, lease: &ProxyLease) -> Result<()> {
+        self.proxy_lease
+            .set(which, lease, 0)
+            .map_err(map_err(map_names::PROXY_LEASE))
+    }
+
+    /// The leases of both proxies, `[IPv4, IPv6]`.
+    pub fn proxy_leases(&self) -> Result<[ProxyLease; 2]> {
+        let get = |which| {
+            self.proxy_lease
+                .get(&which, 0)
+                .map_err(map_err(map_names::PROXY_LEASE))
+        };
+        Ok([get(PROXY4)?, get(PROXY6)?])
+    }
+
+    /// When a steered connect to each proxy last failed (`CLOCK_MONOTONIC` ns, 0: never),
+    /// `[IPv4, IPv6]`.
+    pub fn proxy_failures(&self) -> Result<[u64; 2]> {
+        let get = |which| {
+            self.proxy_failed
+                .get(&which, 0)
+                .map_err(map_err(map_names::PROXY_FAILED))
+        };
+        Ok([get(PROXY4)?, get(PROXY6)?])
+    }
+
+    /// Whether the programs steer to each proxy now, `(v4, v6)`: what the kernel decides from
+    /// the lease and the last failure.
+    pub fn proxy_readiness(&self) -> Result<(bool, bool)> {
+        let leases = self.proxy_leases()?;
+        let failed = self.proxy_failures()?;
+        let now = clock::monotonic_ns();
+        Ok((
+            leases[0].steers(now, failed[0]),
+            leases[1].steers(now, failed[1]),
+        ))
+    }
+
+    /// Marks the proxies ready without end, or not ready: for tools and tests that have no
+    /// daemon renewing a lease. A failed steered connect still voids the open-ended lease.
     pub fn set_proxy_ready(&mut self, v4: bool, v6: bool) -> Result<()> {
-        let mut config = self.config()?;
-        config.proxy4_ready = u8::from(v4);
-        config.proxy6_ready = u8::from(v6);
-        self.set_config(&config)
+        let now = clock::monotonic_ns();
+        for (which, ready) in [(PROXY4, v4), (PROXY6, v6)] {
+            let lease = if ready {
+                ProxyLease {
+                    ready_until_ns: u64::MAX,
+                    checked_at_ns: now,
+                }
+            } else {
+                ProxyLease::NOT_READY
+            };
+            self.set_proxy_lease(which, &lease)?;
+        }
+        Ok(())
     }
 
     /// The counters, summed over CPUs.

@@ -11,7 +11,7 @@ use std::{
 
 use aya::programs::links::PinnedLink;
 use redirector_common::{
-    Config, Counters, Endpoint, ServiceKey, ServiceName, ServiceValue, map_names,
+    Config, Counters, Endpoint, ProxyLease, ServiceKey, ServiceName, ServiceValue, map_names,
 };
 use tracing::{debug, info};
 
@@ -77,7 +77,7 @@ pub(super) fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
 /// their own reference to the old map until their links are replaced.
 pub(super) fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
     use std::mem::size_of;
-    let expected: [(&'static str, u32, u32); 5] = [
+    let expected: [(&'static str, u32, u32); 7] = [
         (
             map_names::SERVICES,
             size_of::<ServiceKey>() as u32,
@@ -91,6 +91,8 @@ pub(super) fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
         ),
         (map_names::COUNTERS, 4, size_of::<Counters>() as u32),
         (map_names::SERVICE_NAMES, 4, size_of::<ServiceName>() as u32),
+        (map_names::PROXY_LEASE, 4, size_of::<ProxyLease>() as u32),
+        (map_names::PROXY_FAILED, 4, size_of::<u64>() as u32),
     ];
     for (name, key_size, value_size) in expected {
         let path = pin_dir.join(name);

@@ -78,7 +78,7 @@ impl Metrics {
         self.map_capacity.store(u64::from(capacity), Relaxed);
     }
 
-    /// Proxy readiness as written to the `config` map.
+    /// Proxy readiness as the kernel programs decide it (the lease, and the last failure).
     pub fn set_proxy_ready(&self, v4: bool, v6: bool) {
         self.proxy4_ready.store(u64::from(v4), Relaxed);
         self.proxy6_ready.store(u64::from(v6), Relaxed);
@@ -134,13 +134,13 @@ impl Metrics {
         );
         gauge(
             "l7r_proxy_ready",
-            "1 when the IPv4 proxy accepts connections (0: traffic goes direct).",
+            "1 while the kernel steers to the IPv4 proxy: its readiness lease runs and no steered connect failed since (0: traffic goes direct).",
             "gauge",
             g(&self.proxy4_ready),
         );
         gauge(
             "l7r_proxy6_ready",
-            "1 when the IPv6 proxy accepts connections.",
+            "1 while the kernel steers to the IPv6 proxy.",
             "gauge",
             g(&self.proxy6_ready),
         );

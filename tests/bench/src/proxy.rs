@@ -12,7 +12,7 @@
 
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
@@ -37,8 +37,10 @@ pub const UPSTREAM_MARK: u32 = 0x1000;
 /// closes; then prints `accepted <count>` and exits. Closing stdin is how the parent stops
 /// it, so it also stops when the parent dies.
 pub fn serve(listen: SocketAddr, mark: u32) -> Result<()> {
-    let listener =
-        TcpListener::bind(listen).with_context(|| format!("proxy cannot listen on {listen}"))?;
+    // Envoy's backlog: an overflowing accept queue drops SYNs, which the kernel programs take
+    // for a proxy that stopped answering (and then send connections direct).
+    let listener = l7r_lab::proxy::listen(listen)
+        .with_context(|| format!("proxy cannot listen on {listen}"))?;
     let accepted = Arc::new(AtomicU64::new(0));
     {
         let accepted = Arc::clone(&accepted);

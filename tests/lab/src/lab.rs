@@ -231,10 +231,9 @@ impl Lab {
         }
     }
 
-    /// The pinned `config` entry's readiness flags `(v4, v6)`.
+    /// Whether the programs steer to each proxy now `(v4, v6)`, from the pinned leases.
     pub fn pinned_readiness(&self) -> Result<(bool, bool)> {
-        let c = Dataplane::open_pinned(&self.pin_dir)?.config()?;
-        Ok((c.proxy4_ready != 0, c.proxy6_ready != 0))
+        Ok(Dataplane::open_pinned(&self.pin_dir)?.proxy_readiness()?)
     }
 
     /// `redirector run` flags matching this lab: its cgroup, pins, proxies and exclusions.
@@ -357,6 +356,27 @@ impl Lab {
             )])?;
         }
         Ok(())
+    }
+
+    /// Makes the proxy a black hole for new connections, as a stopped proxy with a full accept
+    /// queue is: the node drops every SYN to the proxy's ports. The rule goes away with the
+    /// namespace.
+    pub fn drop_syns_to_proxy(&self) -> Result<()> {
+        let last = PROXY_PORT + PROXY_PORTS - 1;
+        let rules = format!(
+            "table inet l7r_blackhole {{\n\
+               chain input {{\n\
+                 type filter hook input priority -10; policy accept;\n\
+                 tcp dport {PROXY_PORT}-{last} tcp flags & (syn | ack) == syn drop\n\
+               }}\n\
+             }}\n"
+        );
+        crate::sys::run_with_input(
+            "ip",
+            &["netns", "exec", self.node_ns.name(), "nft", "-f", "-"],
+            &rules,
+        )
+        .map(|_| ())
     }
 
     /// Adds another backend pod: a namespace wired to the node like the first backend, with

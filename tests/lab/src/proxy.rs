@@ -22,6 +22,21 @@ use crate::{
     netns::Netns,
 };
 
+/// A listening socket with the backlog Envoy's listeners get by default (`net.core.somaxconn`,
+/// which the kernel caps this at), rather than std's 128: a burst of connects must not
+/// overflow the accept queue, whose dropped SYNs the kernel programs take for a proxy that
+/// stopped answering.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
 /// How the proxy makes its upstream connection: the loop-prevention tests each exclude it
 /// from steering a different way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +80,7 @@ impl TestProxy {
         let own_addrs: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
         let mut listeners = Vec::new();
         for &addr in addrs {
-            let listener = in_cgroup(cgroup, || ns.run(move || TcpListener::bind(addr)))??
+            let listener = in_cgroup(cgroup, || ns.run(move || listen(addr)))??
                 .with_context(|| format!("proxy cannot listen on {addr}"))?;
             let listener = Arc::new(listener);
             let accept = Arc::clone(&listener);

@@ -58,10 +58,8 @@ fn main() -> Result<()> {
         exclude_uids: args.exclude_uid,
         exclude_mark: args.exclude_mark,
     };
-    let mut config = settings.to_config()?;
-    config.proxy4_ready = 1;
-    config.proxy6_ready = 1;
-    dp.set_config(&config)?;
+    dp.set_config(&settings.to_config()?)?;
+    dp.set_proxy_ready(true, true)?;
     let selected: Vec<_> = args
         .select
         .iter()

@@ -103,7 +103,7 @@ impl Servers {
         let mut listeners = Vec::new();
         for &addr in addrs {
             let listener = Arc::new(
-                ns.run(move || TcpListener::bind(addr))?
+                ns.run(move || l7r_lab::proxy::listen(addr))?
                     .with_context(|| format!("cannot listen on {addr}"))?,
             );
             let (l, count) = (Arc::clone(&listener), Arc::clone(&accepted));

@@ -6,11 +6,14 @@
 //!
 //! - [`steering`]: what is steered and what is not, the original destination, exclusions,
 //!   fail-open, restarts, churn.
+//! - [`readiness`]: the proxy's readiness lease, and the kernel voiding it when a steered
+//!   connect fails (refused, or its SYN unanswered).
 //! - [`side_effects`]: everything else on the node answers as without the programs (other
 //!   sockets' getsockopt, iptables).
 //! - [`bookkeeping`]: the per-connection records under the harder cases (slow proxies,
 //!   write-then-close clients, reconnects, fixed source ports, look-alike sockets).
 
 mod bookkeeping;
+mod readiness;
 mod side_effects;
 mod steering;
