@@ -60,6 +60,11 @@ impl Daemon {
         self.process.wait_exit(limit)
     }
 
+    /// SIGKILL (an OOM kill, a crash): the daemon gets no chance to clean up.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.process.kill()
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         self.process.signal_term();

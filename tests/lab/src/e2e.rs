@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     client::connect_stream,
     daemon::{Daemon, eventually},
-    envoy::{Envoy, UPSTREAM_MARK},
+    envoy::{ADMIN, Envoy, UPSTREAM_MARK},
     http::{HttpBackend, HttpConn, Response},
     lab::{BACKEND4, Lab, LabOptions, sa},
     manifests::{ServiceSpec, ServicesFile},
@@ -79,6 +79,9 @@ impl World {
                 file.arg(),
                 "--exclude-mark",
                 UPSTREAM_MARK,
+                // As the DaemonSet: the check asks Envoy's admin whether it serves.
+                "--proxy-admin",
+                ADMIN,
             ],
         )?;
         let world = Self {

@@ -125,9 +125,25 @@ impl Envoy {
     }
 }
 
+impl Envoy {
+    /// SIGSTOP: a hung Envoy. The kernel still completes handshakes into its accept queue.
+    pub fn pause(&self) {
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    /// SIGCONT after [`Envoy::pause`].
+    pub fn resume(&self) {
+        // SAFETY: as in `pause`.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+}
+
 impl Drop for Envoy {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
+            // A paused Envoy would not act on SIGTERM.
+            self.resume();
             // SAFETY: signalling the child we started, by its PID.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
             let _ = self.child.wait();

@@ -13,6 +13,7 @@
 //! - [`http`]: an HTTP/1.1 backend that records what it served, and a keep-alive client.
 //! - [`envoy`]: the real Envoy as the node proxy, with `deploy/envoy.yaml`.
 //! - [`manifests`]: Service manifests and the daemon's services file.
+//! - [`load`]: a steady load of new connections from the client pod, and what failed in it.
 //! - [`e2e`]: the end-to-end world: a Service behind a ClusterIP, Envoy and the daemon.
 //! - [`lab`]: the world: client, node and backend namespaces, cgroups, and the dataplane.
 //!
@@ -26,6 +27,7 @@ pub mod e2e;
 pub mod envoy;
 pub mod http;
 pub mod lab;
+pub mod load;
 pub mod manifests;
 pub mod netns;
 pub mod process;

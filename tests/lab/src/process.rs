@@ -122,6 +122,12 @@ impl LoggedChild {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
     }
 
+    /// SIGKILL, as the OOM killer or a crash would, and reaps it.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
     /// Waits (at most `limit`) for it to exit on its own.
     pub fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + limit;

@@ -13,6 +13,7 @@
 //!   against the Kubernetes API test server;
 //! - [`e2e_envoy`], [`e2e_collector`]: the user guide's workflow with the real Envoy, and the
 //!   L7 records of `redirector collect`;
+//! - [`e2e_reliability`]: a steady load while Envoy or the daemon fails: what it costs;
 //! - [`bench_smoke`]: `cargo xtask bench` in miniature, so it cannot rot.
 
 mod bench_smoke;
@@ -21,8 +22,11 @@ mod daemon_kube;
 mod datapath;
 mod e2e_collector;
 mod e2e_envoy;
+mod e2e_reliability;
 
 /// The `redirector` binary built from this tree (see `src/bin/redirector-under-test.rs`).
 const REDIRECTOR: &str = env!("CARGO_BIN_EXE_redirector-under-test");
+/// The load generator of the reliability tests (see `src/bin/l7r-load.rs`).
+const LOAD: &str = env!("CARGO_BIN_EXE_l7r-load");
 /// The helper that loads and attaches the datapath in a process of its own.
 const DATAPLANE_CTL: &str = env!("CARGO_BIN_EXE_dataplane-ctl");
