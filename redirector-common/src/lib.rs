@@ -36,8 +36,12 @@ pub mod map_names {
     /// a steered connect to that proxy last failed. Only the kernel writes it.
     pub const PROXY_FAILED: &str = "proxy_failed";
 
+    /// One entry: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) of the pins in this directory.
+    /// Only user space reads and writes it.
+    pub const LAYOUT: &str = "layout";
+
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         SERVICES,
         CONFIG,
         ORIG_DST,
@@ -46,8 +50,18 @@ pub mod map_names {
         SERVICE_NAMES,
         PROXY_LEASE,
         PROXY_FAILED,
+        LAYOUT,
     ];
 }
+
+/// The version of the pinned state's layout: which maps exist and what their keys and values
+/// are. Raised with every change a running dataplane could not simply adopt; the daemon
+/// migrates pins of each older version it knows (`redirector/src/dataplane/pins.rs`) and refuses
+/// newer ones.
+///
+/// - 1: the pins before the version stamp (`config` with a ready flag per family).
+/// - 2: readiness as a lease: `proxy_lease` and `proxy_failed`; `config`'s ready flags reserved.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the kernel programs (the Rust function names in `redirector-ebpf`).
 pub mod program_names {

@@ -49,3 +49,8 @@ pub static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 #[btf_map(name = "service_names")]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName, { DEFAULT_SERVICES_CAPACITY as usize }> =
     HashMap::new();
+
+/// Index 0: the layout version of the pins (`LAYOUT_VERSION`), written by user space when it
+/// loads. No program reads it; it is here so the loader creates and pins it like the others.
+#[btf_map(name = "layout")]
+pub static LAYOUT: Array<u32, 1> = Array::new();

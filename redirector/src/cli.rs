@@ -55,13 +55,18 @@ pub fn run() -> Result<()> {
         }
         Command::Detach { pin_dir } => {
             telemetry::init(LogFormat::Text);
-            if dataplane::detach(&pin_dir)? {
-                println!(
-                    "detached: removed the programs and pins under {}",
-                    pin_dir.display()
-                );
-            } else {
+            let removed = dataplane::detach(&pin_dir)?;
+            if removed.is_empty() {
                 println!("nothing to detach: {} does not exist", pin_dir.display());
+            } else {
+                for path in &removed {
+                    println!("removed {}", path.display());
+                }
+                println!(
+                    "detached: removed the programs and pins under {} ({} pins)",
+                    pin_dir.display(),
+                    removed.len()
+                );
             }
             Ok(())
         }

@@ -8,7 +8,7 @@ use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
 use crate::{
     clock,
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, pinned_layout},
     reconcile::SelectionMaps as _,
 };
 
@@ -17,6 +17,8 @@ use crate::{
 pub struct StatusReport {
     /// The pin directory read.
     pub pin_dir: String,
+    /// The layout version stamped in the pins (1: made before the stamp).
+    pub layout: Option<u32>,
     /// The IPv4 proxy and whether it is marked ready.
     pub proxy4: Option<ProxyStatus>,
     /// The IPv6 proxy and whether it is marked ready.
@@ -130,6 +132,8 @@ impl Serialize for CounterReport {
 pub struct Snapshot {
     /// The pin directory read.
     pub pin_dir: String,
+    /// The pins' layout version.
+    pub layout: Option<u32>,
     /// The `config` entry.
     pub config: Config,
     /// The proxies' leases and last failures.
@@ -151,6 +155,7 @@ pub fn gather(dp: &Dataplane) -> Result<StatusReport, DataplaneError> {
     let pinned = dp.read()?;
     Ok(build(Snapshot {
         pin_dir: dp.pin_dir().display().to_string(),
+        layout: pinned_layout(dp.pin_dir())?,
         config: dp.config()?,
         readiness: Readiness {
             leases: dp.proxy_leases()?,
@@ -169,6 +174,7 @@ pub fn gather(dp: &Dataplane) -> Result<StatusReport, DataplaneError> {
 pub fn build(snapshot: Snapshot) -> StatusReport {
     let Snapshot {
         pin_dir,
+        layout,
         config,
         readiness,
         services,
@@ -197,6 +203,7 @@ pub fn build(snapshot: Snapshot) -> StatusReport {
     let n_uids = (config.exclude_uid_count as usize).min(config.exclude_uids.len());
     StatusReport {
         pin_dir,
+        layout,
         proxy4: config.proxy4().map(|address| {
             let (ready, lease) = readiness.proxy(0);
             ProxyStatus {
@@ -278,7 +285,12 @@ pub fn render_text(r: &StatusReport) -> String {
         ),
         None => "none".to_string(),
     };
-    let _ = writeln!(out, "pin dir:      {}", r.pin_dir);
+    let _ = writeln!(
+        out,
+        "pin dir:      {} (layout {})",
+        r.pin_dir,
+        r.layout.map_or("unknown".into(), |v| format!("v{v}"))
+    );
     let _ = writeln!(out, "proxy (IPv4): {}", proxy(&r.proxy4));
     let _ = writeln!(out, "proxy (IPv6): {}", proxy(&r.proxy6));
     let e = &r.exclusions;
@@ -370,6 +382,7 @@ mod tests {
         let names = BTreeMap::from([(1, ServiceName::new("shop", "web"))]);
         let r = build(Snapshot {
             pin_dir: "/pins".into(),
+            layout: Some(2),
             config,
             readiness: Readiness {
                 leases: [
@@ -400,6 +413,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("uids [1337]"), "{text}");
+        assert!(text.contains("pin dir:      /pins (layout v2)"), "{text}");
         assert!(text.contains("selected destinations: 2 of 65536"), "{text}");
         assert!(text.contains("10.96.0.20:443"), "{text}");
         assert!(

@@ -58,6 +58,30 @@ pub enum DataplaneError {
         /// What this build needs.
         expected: u32,
     },
+    /// The pins were made by a version whose layout this build does not know.
+    #[error(
+        "the pins under {dir} have layout version {found}, and this build knows versions 1 to \
+         {supported}: they were made by a newer redirector (a downgrade?). Run that version, or \
+         remove them with `redirector detach --pin-dir {dir}` (new connections go direct until \
+         this daemon attaches) and start again"
+    )]
+    UnknownLayout {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The version stamped there.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// `detach` was pointed at a directory that holds none of the redirector's pins.
+    #[error(
+        "{dir} holds none of the redirector's pins (no services, config or links): refusing to \
+         remove what is there; is --pin-dir right?"
+    )]
+    NotOurPinDir {
+        /// The directory asked for.
+        dir: PathBuf,
+    },
     /// This binary was built before the kernel object, so it has nothing to load.
     #[error(
         "this redirector binary was built without its kernel object: build the object with \

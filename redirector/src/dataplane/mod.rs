@@ -5,7 +5,7 @@
 //! Pin layout under the pin directory (default `/sys/fs/bpf/l7-redirector`):
 //! ```text
 //! services  config  orig_dst  sock_orig_dst  counters  service_names
-//! proxy_lease  proxy_failed                                   the maps
+//! proxy_lease  proxy_failed  layout                           the maps
 //! links/connect4  links/connect6  links/track_connection  ...   one bpf_link per program
 //! ```
 //! State lives in the pins, not in the process: a daemon that exits leaves steering running,
@@ -26,8 +26,8 @@ use aya::{
     util::KernelVersion,
 };
 use redirector_common::{
-    Config, Counters, Endpoint, PROXY4, PROXY6, ProxyLease, ServiceKey, ServiceName, ServiceValue,
-    map_names, program_names,
+    Config, Counters, Endpoint, LAYOUT_VERSION, PROXY4, PROXY6, ProxyLease, ServiceKey,
+    ServiceName, ServiceValue, map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
@@ -42,10 +42,14 @@ mod link;
 mod object;
 mod pins;
 
-pub use self::{error::DataplaneError, object::EBPF_OBJECT, pins::detach};
+pub use self::{
+    error::DataplaneError,
+    object::EBPF_OBJECT,
+    pins::{detach, pinned_layout},
+};
 use self::{
     error::{Result, map_err, pin_err, prog_err},
-    pins::{check_pinned_layouts, prepare_pin_dir, replace_pinned_link},
+    pins::{prepare_layout, prepare_pin_dir, release_unknown_links, replace_pinned_link},
 };
 
 /// Default pin directory.
@@ -100,7 +104,7 @@ impl Dataplane {
         check_kernel()?;
         let pin_dir = &opts.pin_dir;
         prepare_pin_dir(pin_dir)?;
-        check_pinned_layouts(pin_dir)?;
+        prepare_layout(pin_dir)?;
 
         let paths: Vec<(&'static str, PathBuf)> = map_names::ALL
             .iter()
@@ -136,6 +140,16 @@ impl Dataplane {
         }
         debug!(pin_dir = %pin_dir.display(), "programs loaded");
 
+        let mut layout: Array<MapData, u32> = ebpf
+            .take_map(map_names::LAYOUT)
+            .ok_or(MapError::InvalidName {
+                name: map_names::LAYOUT.into(),
+            })
+            .and_then(Array::try_from)
+            .map_err(map_err(map_names::LAYOUT))?;
+        layout
+            .set(0, LAYOUT_VERSION, 0)
+            .map_err(map_err(map_names::LAYOUT))?;
         let mut dp = Self::from_maps(pin_dir, |name| {
             ebpf.take_map(name)
                 .ok_or(MapError::InvalidName { name: name.into() })
@@ -231,6 +245,7 @@ impl Dataplane {
                 .map_err(|e| prog_err(name)(ProgramError::IOError(e)))?;
             replace_pinned_link(&links_dir, name, &link)?;
         }
+        release_unknown_links(&links_dir)?;
         info!(cgroup = %cgroup.display(), pin_dir = %self.pin_dir.display(), "programs attached");
         Ok(())
     }

@@ -10,6 +10,8 @@
 //!   connect fails (refused, or its SYN unanswered).
 //! - [`side_effects`]: everything else on the node answers as without the programs (other
 //!   sockets' getsockopt, iptables).
+//! - [`upgrades`]: the pins' layout version (migrated, or refused), links of programs a version
+//!   no longer has, and `detach` of everything.
 //! - [`bookkeeping`]: the per-connection records under the harder cases (slow proxies,
 //!   write-then-close clients, reconnects, fixed source ports, look-alike sockets).
 
@@ -17,3 +19,4 @@ mod bookkeeping;
 mod readiness;
 mod side_effects;
 mod steering;
+mod upgrades;
