@@ -496,6 +496,16 @@ counters! {
 // Every field is a u64 listed in the table: a field left out of it would break this.
 const _: () = assert!(core::mem::size_of::<Counters>() == 8 * Counters::FIELDS.len());
 
+impl Counters {
+    /// Connections the programs could not record because the kernel could not allocate memory:
+    /// socket storage (`skipped_record_failed`: the connection went direct, unlogged) and
+    /// `orig_dst` entries (`publish_failed`: the proxy cannot find the destination). On Linux
+    /// 5.11+ both are charged to the memory cgroup of the daemon that created the maps.
+    pub const fn allocation_failures(&self) -> u64 {
+        self.skipped_record_failed + self.publish_failed
+    }
+}
+
 /// Field-wise sum, for adding up the per-CPU copies.
 impl core::ops::AddAssign<&Counters> for Counters {
     fn add_assign(&mut self, other: &Counters) {

@@ -34,6 +34,18 @@ pub enum CgroupError {
         /// The cgroup2 mount point.
         mount: PathBuf,
     },
+    /// The cgroup2 mount shows a subtree, not the whole hierarchy: depths measured from it
+    /// would not be the kernel's.
+    #[error(
+        "the cgroup v2 mount {mount} is not the root of the hierarchy (it has cgroup.type, which \
+         the root lacks): this process sees its own cgroup namespace, or a bind mount of a \
+         subtree, so cgroup depths measured from it would not be the kernel's. Mount the host's \
+         cgroup2 root (in a pod: a hostPath volume of /sys/fs/cgroup) and pass it with --cgroup"
+    )]
+    NotHierarchyRoot {
+        /// The cgroup2 mount point.
+        mount: PathBuf,
+    },
     /// Reading the file system failed.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -47,23 +59,49 @@ pub enum CgroupError {
 
 /// The first cgroup2 mount point listed in `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    cgroup2_mounts()?
+        .into_iter()
+        .next()
+        .ok_or(CgroupError::NoCgroup2Mount)
+}
+
+/// The cgroup2 mount that `path` lives on: the deepest mount point above it. (A pod can see
+/// two: its runtime's, of its own cgroup namespace, and the host's, from a hostPath volume.)
+pub fn cgroup2_mount_containing(path: &Path) -> Result<PathBuf, CgroupError> {
+    let canonical = fs::canonicalize(path).map_err(|source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    cgroup2_mounts()?
+        .into_iter()
+        .filter(|mount| canonical.starts_with(mount))
+        .max_by_key(|mount| mount.components().count())
+        .ok_or_else(|| CgroupError::NotCgroup2 {
+            path: path.to_path_buf(),
+        })
+}
+
+fn cgroup2_mounts() -> Result<Vec<PathBuf>, CgroupError> {
     let path = Path::new("/proc/self/mountinfo");
     let text = fs::read_to_string(path).map_err(|source| CgroupError::Io {
         path: path.into(),
         source,
     })?;
-    find_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2Mount)
+    Ok(find_cgroup2_mounts(&text))
 }
 
-/// Pure part of [`cgroup2_mount`]: the mount point of the first `cgroup2` line.
-fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ..."
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
-    })
+/// Pure part of [`cgroup2_mount`]: the mount points of the `cgroup2` lines, in order.
+fn find_cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ..."
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        })
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
@@ -119,6 +157,13 @@ pub fn cgroup_ref(path: &Path, mount: &Path) -> Result<CgroupRef, CgroupError> {
             path: path.to_path_buf(),
             mount: mount.clone(),
         })?;
+    // The kernel's levels count from the hierarchy's root. A mount of a subtree (the process's
+    // own cgroup namespace, a bind mount) would make every level here too small, and the
+    // programs would compare the wrong ancestors. The root is the one cgroup without
+    // `cgroup.type`.
+    if mount.join("cgroup.type").exists() {
+        return Err(CgroupError::NotHierarchyRoot { mount });
+    }
     let meta = fs::metadata(&canonical).map_err(|source| CgroupError::Io {
         path: path.to_path_buf(),
         source,
@@ -143,18 +188,15 @@ mod tests {
 35 30 0:31 / /sys/fs/cgroup/unified rw,relatime shared:14 - cgroup2 cgroup2 rw
 ";
         assert_eq!(
-            find_cgroup2_mount(text),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+            find_cgroup2_mounts(text),
+            [PathBuf::from("/sys/fs/cgroup/unified")]
         );
-        assert_eq!(
-            find_cgroup2_mount("31 30 0:27 / /x rw - cgroup cgroup rw\n"),
-            None
-        );
+        assert!(find_cgroup2_mounts("31 30 0:27 / /x rw - cgroup cgroup rw\n").is_empty());
     }
 
     #[test]
     fn optional_fields_and_escapes() {
         let text = "35 30 0:31 / /mnt/my\\040cg rw shared:1 master:2 - cgroup2 none rw\n";
-        assert_eq!(find_cgroup2_mount(text), Some(PathBuf::from("/mnt/my cg")));
+        assert_eq!(find_cgroup2_mounts(text), [PathBuf::from("/mnt/my cg")]);
     }
 }

@@ -197,7 +197,10 @@ pub struct RunArgs {
     /// The annotation that selects a Service when it is "true".
     #[arg(long, default_value = DEFAULT_ANNOTATION, value_name = "KEY")]
     pub annotation: String,
-    /// Never steer processes in this cgroup v2 directory or below it (e.g. the proxy's).
+    /// Never steer processes in this cgroup v2 directory or below it (e.g. the proxy's). The
+    /// path is resolved again every --proxy-check-interval, so a re-created directory (a
+    /// restarted container) stays excluded; for a proxy that restarts, --exclude-mark has no
+    /// window at all.
     #[arg(long, value_name = "PATH")]
     pub exclude_cgroup: Vec<PathBuf>,
     /// Never steer processes running as this UID (e.g. the proxy's).

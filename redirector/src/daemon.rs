@@ -25,9 +25,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     build_info,
-    cgroup::{cgroup_ref, cgroup2_mount},
+    cgroup::{cgroup_ref, cgroup2_mount, cgroup2_mount_containing},
     clock,
     dataplane::{Dataplane, LoadOptions, warn_capacity_mismatch},
+    exclusions,
     health::{self, HealthOptions},
     k8s::{
         sources::{self, Kinds, Source, SourceStats, kube::EventPublisher},
@@ -95,8 +96,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         );
     }
     clock::check_monotonic_not_shifted()?;
-    let mount = cgroup2_mount()?;
-    let cgroup = opts.cgroup.clone().unwrap_or_else(|| mount.clone());
+    let cgroup = match &opts.cgroup {
+        Some(cgroup) => cgroup.clone(),
+        None => cgroup2_mount()?,
+    };
+    let mount = cgroup2_mount_containing(&cgroup)?;
     // The attach point's own tasks (on a node: the kernel's threads in the root cgroup) are
     // never steered; every cgroup below it is.
     let attach_level = cgroup_ref(&cgroup, &mount)?.level;
@@ -165,6 +169,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         },
         Dataplane::open_pinned(&opts.pin_dir)?,
         Arc::clone(&metrics),
+    );
+    let _exclusions = exclusions::follow(
+        opts.exclude_cgroups.clone(),
+        mount.clone(),
+        opts.proxy_check_interval,
+        Dataplane::open_pinned(&opts.pin_dir)?,
     );
     let _metrics_server = match metrics_listener {
         Some(listener) => {

@@ -24,6 +24,7 @@
 //! - [`metrics`]: the metrics registry, and the server of `/metrics`, `/healthz`, `/readyz`.
 //! - [`status`]: the `redirector status` report.
 //! - [`cgroup`], [`fs_type`]: finding cgroup v2 directories; which file system a path is on.
+//! - [`exclusions`]: `--exclude-cgroup` followed by path, when a cgroup is re-created.
 //! - [`telemetry`]: the process's own logs; [`build_info`]: version, source revision and the
 //!   embedded kernel object's hash.
 
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod collector;
 pub mod daemon;
 pub mod dataplane;
+pub mod exclusions;
 pub mod fs_type;
 pub mod health;
 pub mod k8s;

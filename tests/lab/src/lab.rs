@@ -358,6 +358,23 @@ impl Lab {
         Ok(())
     }
 
+    /// Removes the proxy's cgroup and creates it again under the same path, as a restarted
+    /// container's is: same path, new id. The proxy must be stopped first.
+    pub fn recreate_proxy_cgroup(&self) -> Result<()> {
+        let mut removed = std::fs::remove_dir(&self.proxy_cgroup);
+        // A cgroup whose last task just left can stay busy for a moment.
+        for _ in 0..50 {
+            if removed.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            removed = std::fs::remove_dir(&self.proxy_cgroup);
+        }
+        removed.with_context(|| format!("cannot remove {}", self.proxy_cgroup.display()))?;
+        std::fs::create_dir(&self.proxy_cgroup)
+            .with_context(|| format!("cannot create {}", self.proxy_cgroup.display()))
+    }
+
     /// Makes the proxy a black hole for new connections, as a stopped proxy with a full accept
     /// queue is: the node drops every SYN to the proxy's ports. The rule goes away with the
     /// namespace.

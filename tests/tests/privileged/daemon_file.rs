@@ -169,6 +169,55 @@ fn proxy_down_flips_readiness_and_traffic_goes_direct_until_it_returns() -> Resu
 }
 
 #[test]
+fn an_excluded_cgroup_that_is_re_created_stays_excluded() -> Result<()> {
+    let lab = Lab::with(LabOptions::for_daemon())?;
+    let file = ServicesFile::new(&manifests(Some("true")))?;
+    let proxy = lab.start_proxy(Upstream::Plain)?;
+    let daemon = start_steering(&lab, &file)?;
+    assert_eq!(
+        lab.connect(sa(BACKEND4, SERVICE_PORT))?.ask("before")?,
+        ip(NODE4_UPSTREAM)
+    );
+    // The daemon's own checks connect to the proxy too; count the steered connections.
+    let steered = |proxy: &l7r_lab::proxy::TestProxy| {
+        proxy
+            .accepted()
+            .into_iter()
+            .filter(|a| a.orig_dst == Some(sa(BACKEND4, SERVICE_PORT)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(steered(&proxy).len(), 1);
+    drop(proxy);
+
+    // The proxy's container restarts: its cgroup comes back under the same path, new id.
+    lab.recreate_proxy_cgroup()?;
+    eventually(
+        "the daemon to follow the re-created cgroup",
+        Duration::from_secs(5),
+        || {
+            Ok(daemon
+                .log()
+                .contains("an excluded cgroup was re-created")
+                .then_some(()))
+        },
+    )
+    .with_context(|| daemon.log())?;
+    let proxy = lab.start_proxy(Upstream::Plain)?;
+    wait_readiness(&lab, (true, true))?;
+    assert_eq!(
+        lab.connect(sa(BACKEND4, SERVICE_PORT))?.ask("after")?,
+        ip(NODE4_UPSTREAM)
+    );
+    let accepted = steered(&proxy);
+    assert_eq!(
+        accepted.len(),
+        1,
+        "the proxy's upstream looped back to it: {accepted:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn metrics_health_and_readiness_endpoints() -> Result<()> {
     let lab = Lab::with(LabOptions::for_daemon())?;
     let _proxy = lab.start_proxy(Upstream::Plain)?;
@@ -465,6 +514,39 @@ fn bad_input_is_refused_with_errors_that_name_the_problem_and_touches_nothing() 
     ))?;
     assert!(e.contains("cannot serve metrics"), "{e}");
 
+    let e = run_expecting_failure(&with(
+        &base,
+        &[
+            "--pin-dir",
+            &pin,
+            "--cgroup",
+            &root,
+            "--ready-lease",
+            "1s",
+            "--proxy-check-interval",
+            "1s",
+        ],
+    ))?;
+    assert!(
+        e.contains("--ready-lease (1s) must be longer than --proxy-check-interval"),
+        "{e}"
+    );
+
+    // A cgroup2 mount of a subtree, as a pod's own cgroup namespace shows it: depths measured
+    // from it would be wrong, so it is refused.
+    let subtree = BindMount::new(lab.cgroup_root())?;
+    let e = run_expecting_failure(&with(
+        &base,
+        &[
+            "--pin-dir",
+            &pin,
+            "--cgroup",
+            &subtree.path.to_string_lossy(),
+        ],
+    ))?;
+    assert!(e.contains("is not the root of the hierarchy"), "{e}");
+    drop(subtree);
+
     assert_eq!(
         attached_programs(&lab)?,
         0,
@@ -476,4 +558,33 @@ fn bad_input_is_refused_with_errors_that_name_the_problem_and_touches_nothing() 
         "a refused --pin-dir is not created"
     );
     Ok(())
+}
+
+/// `source` bind-mounted on a new temporary directory; unmounted and removed on drop.
+struct BindMount {
+    path: std::path::PathBuf,
+}
+
+impl BindMount {
+    fn new(source: &std::path::Path) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("l7r-bind-{}", l7r_lab::sys::unique_id()));
+        std::fs::create_dir(&path)?;
+        let mount = Self { path };
+        l7r_lab::sys::run(
+            "mount",
+            &[
+                "--bind",
+                &source.to_string_lossy(),
+                &mount.path.to_string_lossy(),
+            ],
+        )?;
+        Ok(mount)
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = l7r_lab::sys::run("umount", &[&self.path.to_string_lossy()]);
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }
