@@ -142,13 +142,15 @@ impl Grant {
     }
 }
 
-/// Checks both proxies every interval and renews or revokes their leases.
+/// Checks both proxies every interval and renews or revokes their leases. Every round also
+/// looks at the kernel's counters, to say (once per rise) when records could not be allocated.
 pub fn start(opts: HealthOptions, mut pins: Dataplane, metrics: Arc<Metrics>) -> JoinHandle<()> {
     // A check may take at most the interval, and never more than a second.
     let limit = opts.interval.min(Duration::from_secs(1));
     tokio::spawn(async move {
         let mut grants = [Grant::default(), Grant::default()];
         let mut failures_seen = pins.proxy_failures().unwrap_or_default();
+        let mut allocation_failures = pins.counters().map_or(0, |c| c.allocation_failures());
         let mut ticker = tokio::time::interval(opts.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -204,6 +206,19 @@ pub fn start(opts: HealthOptions, mut pins: Dataplane, metrics: Arc<Metrics>) ->
                 }
             }
             publish(&pins, &metrics);
+            // Near the memory limit the kernel fails to record connections: said once per rise.
+            if let Ok(c) = pins.counters()
+                && c.allocation_failures() > allocation_failures
+            {
+                warn!(
+                    unlogged = c.skipped_record_failed,
+                    orig_dst_failed = c.publish_failed,
+                    "the kernel could not allocate memory to record selected connections \
+                     (l7r_kernel_allocation_failures_total): raise the daemon container's memory \
+                     limit (on Linux 5.11+ the maps are charged to its memory cgroup)"
+                );
+                allocation_failures = c.allocation_failures();
+            }
         }
     })
 }

@@ -33,6 +33,8 @@ pub struct StatusReport {
     pub tracked_connections: usize,
     /// Kernel counters, summed over CPUs.
     pub counters: CounterReport,
+    /// What needs the operator's attention, each with its fix.
+    pub warnings: Vec<String>,
 }
 
 /// A proxy address and its readiness.
@@ -234,8 +236,31 @@ pub fn build(snapshot: Snapshot) -> StatusReport {
         capacity,
         destinations,
         tracked_connections,
+        warnings: warnings(&counters),
         counters: CounterReport(counters),
     }
+}
+
+/// What the counters say needs attention.
+fn warnings(c: &Counters) -> Vec<String> {
+    let mut out = Vec::new();
+    if c.skipped_record_failed > 0 {
+        out.push(format!(
+            "{} selected connections went direct, unlogged: the kernel could not allocate their \
+             socket storage. On Linux 5.11+ it is charged to the daemon's memory cgroup: raise \
+             the daemon container's memory limit",
+            c.skipped_record_failed
+        ));
+    }
+    if c.publish_failed > 0 {
+        out.push(format!(
+            "{} steered connections could not be published in orig_dst (no memory): the proxy \
+             found no original destination for them and closed them. Raise the daemon \
+             container's memory limit",
+            c.publish_failed
+        ));
+    }
+    out
 }
 
 /// `ready, lease 2.4s left (granted 0.6s ago)`, or why it is not.
@@ -331,6 +356,9 @@ pub fn render_text(r: &StatusReport) -> String {
         "\ntracked proxied connections: {}",
         r.tracked_connections
     );
+    for warning in &r.warnings {
+        let _ = writeln!(out, "\nWARNING: {warning}");
+    }
     let _ = writeln!(out, "\ncounters (all CPUs, since the maps were created):");
     for field in Counters::FIELDS {
         let _ = writeln!(
@@ -377,6 +405,7 @@ mod tests {
         let counters = Counters {
             seen: 7,
             redirected: 3,
+            skipped_record_failed: 4,
             ..Counters::default()
         };
         let names = BTreeMap::from([(1, ServiceName::new("shop", "web"))]);
@@ -423,6 +452,11 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["counters"]["seen"], 7);
+        assert!(
+            text.contains("WARNING: 4 selected connections went direct, unlogged"),
+            "{text}"
+        );
+        assert_eq!(r.warnings.len(), 1, "only what happened is warned about");
         assert_eq!(json["proxy4"]["lease"]["remaining_ms"], 2400);
         assert_eq!(json["destinations"][1]["service"], "shop/web");
     }

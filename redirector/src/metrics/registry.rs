@@ -170,6 +170,18 @@ impl Metrics {
         );
         if let Some(c) = kernel {
             render_kernel_counters(&mut out, c);
+            // The sum an alert should watch: each one is a connection that went unlogged or,
+            // for orig_dst, failed at the proxy.
+            let _ = writeln!(
+                out,
+                "# HELP l7r_kernel_allocation_failures_total Connections the kernel programs \
+                 could not record for lack of memory (socket storage: sent direct, unlogged; \
+                 orig_dst: the proxy could not find the destination). On Linux 5.11+ this memory \
+                 is charged to the daemon's memory cgroup: when this rises, raise its container's \
+                 memory limit.\n# TYPE l7r_kernel_allocation_failures_total counter\n\
+                 l7r_kernel_allocation_failures_total {}",
+                c.allocation_failures()
+            );
         }
         let h = self.reconcile.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(
@@ -250,6 +262,8 @@ mod tests {
             seen: 10,
             redirected: 4,
             skipped_proxy_not_ready: 1,
+            skipped_record_failed: 2,
+            publish_failed: 1,
             ..Counters::default()
         };
         let text = m.render(Some(&kernel));
@@ -272,6 +286,7 @@ mod tests {
             "l7r_reconcile_duration_seconds_bucket{le=\"0.0025\"} 0",
             "l7r_reconcile_duration_seconds_bucket{le=\"0.005\"} 1",
             "l7r_reconcile_duration_seconds_count 1",
+            "l7r_kernel_allocation_failures_total 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
