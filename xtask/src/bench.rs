@@ -2,21 +2,11 @@
 //! its labs, measures the redirector against iptables and nftables, prints a Markdown report
 //! and writes the raw samples as JSON under `target/bench/` (see `docs/benchmarks.md`).
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{process::Command, time::Instant};
 
 use anyhow::{Result, bail};
 
 use crate::{build_ebpf, setup, util};
-
-/// The target directory cargo builds into: `$CARGO_TARGET_DIR` (relative to the workspace,
-/// where the build runs) or the workspace's `target/`.
-fn target_dir() -> PathBuf {
-    let root = util::workspace_root();
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    }
-}
 
 /// Whether `args` already choose the output directory.
 fn has_out(args: &[String]) -> bool {
@@ -55,7 +45,7 @@ pub fn run(args: &[String]) -> Result<()> {
     )?;
     let built = started.elapsed();
 
-    let target = target_dir();
+    let target = util::target_dir();
     let mut bench = Command::new(target.join("release").join("l7r-bench"));
     bench.args(args).current_dir(&root);
     if !has_out(args) {

@@ -19,6 +19,16 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| manifest_dir.join(".."), Path::to_path_buf)
 }
 
+/// The target directory cargo builds into: `$CARGO_TARGET_DIR` (relative to the workspace,
+/// where the builds run) or the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
 /// The `cargo` that is running xtask (cargo sets `CARGO` for `cargo run`), so child builds
 /// use the same toolchain; plain `cargo` when xtask was started some other way.
 pub fn cargo() -> String {

@@ -65,6 +65,12 @@ impl Daemon {
         self.process.kill()
     }
 
+    /// [`Daemon::wait_exit`] keeping the handle (a world that starts the next daemon in its
+    /// place).
+    pub fn wait_exited(&mut self, limit: Duration) -> Result<ExitStatus> {
+        self.process.wait_exit(limit)
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         self.process.signal_term();

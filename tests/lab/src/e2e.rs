@@ -71,19 +71,7 @@ impl World {
         lab.emulate_cluster_ip(cluster(), sa(BACKEND4, HTTP_PORT))?;
         let envoy = Envoy::start(&lab.node_ns, &lab.proxy_cgroup)?;
         let file = ServicesFile::new(services_yaml)?;
-        let daemon = Daemon::start(
-            redirector,
-            &lab,
-            &[
-                "--services-file",
-                file.arg(),
-                "--exclude-mark",
-                UPSTREAM_MARK,
-                // As the DaemonSet: the check asks Envoy's admin whether it serves.
-                "--proxy-admin",
-                ADMIN,
-            ],
-        )?;
+        let daemon = start_daemon(redirector, &lab, &file)?;
         let world = Self {
             daemon,
             file,
@@ -102,6 +90,19 @@ impl World {
         .with_context(|| world.daemon.log())?;
         world.wait_selected(selected)?;
         Ok(world)
+    }
+
+    /// Starts a new daemon in place of the one that ran (which must have exited), as a
+    /// restart or a rollout would.
+    pub fn restart_daemon(&mut self, redirector: &str) -> Result<()> {
+        self.daemon = start_daemon(redirector, &self.lab, &self.file)?;
+        Ok(())
+    }
+
+    /// Starts a new Envoy in place of the one that ran (which must have exited).
+    pub fn restart_envoy(&mut self) -> Result<()> {
+        self.envoy = Envoy::start(&self.lab.node_ns, &self.lab.proxy_cgroup)?;
+        Ok(())
     }
 
     /// Waits until `shop/web`'s ClusterIP is (or is not) in the pinned map.
@@ -130,6 +131,23 @@ impl World {
     pub fn curl_head(&self) -> Result<String> {
         Ok(curl_head(&self.lab)?.to_ascii_lowercase())
     }
+}
+
+/// The daemon as the end-to-end world runs it: following `file`, excluding Envoy's upstream by
+/// its SO_MARK and asking Envoy's admin whether it serves, as the DaemonSet does.
+fn start_daemon(redirector: &str, lab: &Lab, file: &ServicesFile) -> Result<Daemon> {
+    Daemon::start(
+        redirector,
+        lab,
+        &[
+            "--services-file",
+            file.arg(),
+            "--exclude-mark",
+            UPSTREAM_MARK,
+            "--proxy-admin",
+            ADMIN,
+        ],
+    )
 }
 
 /// `curl --head http://<ClusterIP>/` from the lab's client pod (its namespace and cgroup): the

@@ -126,6 +126,16 @@ impl Envoy {
 }
 
 impl Envoy {
+    /// SIGTERM, as the kubelet sends after the pre-stop hook, and waits for the exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: signalling the child we started, by its PID.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            self.child.wait()?;
+        }
+        Ok(())
+    }
+
     /// SIGSTOP: a hung Envoy. The kernel still completes handshakes into its accept queue.
     pub fn pause(&self) {
         // SAFETY: signalling the child we started, by its PID.

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     process::{Child, Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -25,6 +25,7 @@ pub struct Outcome {
 /// The running load; stopped (by closing its stdin) in [`Load::finish`] or on drop.
 pub struct Load {
     child: Child,
+    started: Instant,
     reader: Option<thread::JoinHandle<Vec<Outcome>>>,
 }
 
@@ -46,6 +47,7 @@ impl Load {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = spawn_in(cmd, &lab.client_ns, Some(&lab.client_cgroup))?;
+        let started = Instant::now();
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let reader = thread::spawn(move || {
             BufReader::new(stdout)
@@ -56,8 +58,15 @@ impl Load {
         });
         Ok(Self {
             child,
+            started,
             reader: Some(reader),
         })
+    }
+
+    /// Milliseconds since the load started: the clock of [`Outcome::at_ms`] (to within the
+    /// few milliseconds the load's process takes to start).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Stops the load and returns every outcome, in the order they were reported.
@@ -128,6 +137,32 @@ impl Report {
             .iter()
             .filter(|o| o.result == Ok(false))
             .count()
+    }
+
+    /// The failed ones the peer reset (rather than refused, or left to time out).
+    pub fn reset(&self) -> usize {
+        self.failed()
+            .iter()
+            .filter(|o| o.result.as_ref().is_err_and(|e| e.contains("reset")))
+            .count()
+    }
+
+    /// When (ms) the first request at or after `from_ms` was answered through Envoy.
+    pub fn first_via_envoy_from(&self, from_ms: u64) -> Option<u64> {
+        self.outcomes
+            .iter()
+            .filter(|o| o.at_ms >= from_ms && o.result == Ok(true))
+            .map(|o| o.at_ms)
+            .min()
+    }
+
+    /// When (ms) the first request at or after `from_ms` was answered directly.
+    pub fn first_direct_from(&self, from_ms: u64) -> Option<u64> {
+        self.outcomes
+            .iter()
+            .filter(|o| o.at_ms >= from_ms && o.result == Ok(false))
+            .map(|o| o.at_ms)
+            .min()
     }
 
     /// One line: sent, through Envoy, direct, failed (with the first few reasons).
