@@ -4,9 +4,13 @@
 //! the daemon's real command line and agree with the Envoy bootstrap (proxy port, SO_MARK),
 //! RBAC grants exactly the calls the daemon makes, the ConfigMap generated from `envoy.yaml`
 //! is where Envoy reads it, and the collector's arguments parse with the real command line and
-//! read the access log Envoy writes, from the volume they share. No root and no tool beyond
-//! cargo needed (that the real Envoy accepts the bootstrap is checked with the privileged
-//! tests, which have Envoy installed: `e2e_envoy::envoy_accepts_the_bootstrap`).
+//! read the access log Envoy writes, from the volume they share. The redirector's image is named
+//! in one place (kustomization.yaml's `images:`, for both of its containers) and Envoy's is the
+//! release the tests run. The same checks run again on what `kubectl kustomize deploy/` renders
+//! (what `kubectl apply -k` sends), and on an overlay that points the image at another
+//! registry. No root; `kubectl` from `PATH` (that the real Envoy accepts the bootstrap is
+//! checked with the privileged tests, which have Envoy installed:
+//! `e2e_envoy::envoy_accepts_the_bootstrap`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,7 +24,7 @@ use clap::Parser as _;
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{Container, Namespace, PodSpec, ServiceAccount, VolumeMount},
+        core::v1::{ConfigMap, Container, Namespace, PodSpec, ServiceAccount, VolumeMount},
         rbac::v1::{ClusterRole, ClusterRoleBinding},
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -104,14 +108,18 @@ fn diff(original: &Value, round_trip: &Value, path: String, out: &mut Vec<String
     }
 }
 
-/// Every manifest of the deployment, parsed.
+/// Every manifest of the deployment, parsed: the files of `deploy/` as written, or what
+/// `kubectl kustomize` renders from them.
 struct Manifests {
+    /// `deploy/kustomization.yaml` (also for a rendering, which is made from it).
     kustomization: Value,
     namespace: Namespace,
     service_account: ServiceAccount,
     cluster_role: ClusterRole,
     binding: ClusterRoleBinding,
     daemon_set: DaemonSet,
+    /// The ConfigMaps a rendering generates (none in the files themselves).
+    config_maps: Vec<ConfigMap>,
 }
 
 impl Manifests {
@@ -121,14 +129,40 @@ impl Manifests {
         let kustomization = read_yaml("kustomization.yaml")?;
         let resources = string_list(&kustomization, "/resources")
             .context("kustomization.yaml has no `resources` list")?;
-        let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
+        let mut documents = Vec::new();
         for file in &resources {
             let value = read_yaml(file)
                 .with_context(|| format!("kustomization.yaml lists {file}, which must exist"))?;
+            documents.push((format!("deploy/{file}"), value));
+        }
+        Self::from_documents(kustomization, documents)
+    }
+
+    /// What `kubectl kustomize dir` renders (`dir` being `deploy/`, a copy of it, or an
+    /// overlay of it): what `kubectl apply -k` would send to the API server.
+    fn render(dir: &Path) -> Result<Self> {
+        let documents = kubectl_kustomize(dir)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| (format!("document {i} of `kubectl kustomize`"), value))
+            .collect();
+        Self::from_documents(read_yaml("kustomization.yaml")?, documents)
+    }
+
+    /// Sorts `documents` (each with where it came from) by kind: each of the deployment's
+    /// kinds must appear exactly once, ConfigMaps any number of times, nothing else.
+    fn from_documents(kustomization: Value, documents: Vec<(String, Value)>) -> Result<Self> {
+        let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
+        let mut config_maps = Vec::new();
+        for (origin, value) in documents {
             let kind = value["kind"]
                 .as_str()
-                .with_context(|| format!("deploy/{file} has no `kind`"))?
+                .with_context(|| format!("{origin} has no `kind`"))?
                 .to_owned();
+            if kind == "ConfigMap" {
+                config_maps.push(typed(&value, &format!("the ConfigMap of {origin}"))?);
+                continue;
+            }
             ensure!(
                 by_kind.insert(kind.clone(), value).is_none(),
                 "two resources of kind {kind} are listed"
@@ -146,6 +180,7 @@ impl Manifests {
             binding: typed(&take("ClusterRoleBinding")?, "the ClusterRoleBinding")?,
             daemon_set: typed(&take("DaemonSet")?, "the DaemonSet")?,
             kustomization,
+            config_maps,
         };
         ensure!(
             by_kind.is_empty(),
@@ -473,7 +508,10 @@ fn kustomization_lists_every_manifest_and_each_parses() -> Result<()> {
 
 #[test]
 fn envoy_reads_the_config_map_generated_from_envoy_yaml() -> Result<()> {
-    let manifests = Manifests::load()?;
+    check_envoy_reads_the_config_map(&Manifests::load()?)
+}
+
+fn check_envoy_reads_the_config_map(manifests: &Manifests) -> Result<()> {
     let k = &manifests.kustomization;
     let generators = k["configMapGenerator"]
         .as_array()
@@ -599,9 +637,12 @@ fn envoy_access_logs_are_json_at_the_documented_path() -> Result<()> {
 
 #[test]
 fn redirector_args_parse_with_the_real_cli_and_agree_with_envoy() -> Result<()> {
-    let manifests = Manifests::load()?;
+    check_redirector_args(&Manifests::load()?)
+}
+
+fn check_redirector_args(manifests: &Manifests) -> Result<()> {
     let bootstrap = EnvoyBootstrap::load()?;
-    let args = redirector_args(&manifests)?;
+    let args = redirector_args(manifests)?;
 
     let options = args.options()?;
     let listener_port = bootstrap.listener_port()?;
@@ -752,8 +793,11 @@ fn redirector_args_parse_with_the_real_cli_and_agree_with_envoy() -> Result<()> 
 
 #[test]
 fn collector_args_parse_with_the_real_cli_and_read_envoys_access_log() -> Result<()> {
-    let manifests = Manifests::load()?;
-    let args = collector_args(&manifests)?;
+    check_collector_args(&Manifests::load()?)
+}
+
+fn check_collector_args(manifests: &Manifests) -> Result<()> {
+    let args = collector_args(manifests)?;
 
     // It reads exactly the file both of Envoy's access loggers write.
     let bootstrap = EnvoyBootstrap::load()?;
@@ -849,7 +893,10 @@ fn collector_args_parse_with_the_real_cli_and_read_envoys_access_log() -> Result
 
 #[test]
 fn rbac_grants_exactly_what_the_daemon_calls() -> Result<()> {
-    let manifests = Manifests::load()?;
+    check_rbac(&Manifests::load()?)
+}
+
+fn check_rbac(manifests: &Manifests) -> Result<()> {
     let role = &manifests.cluster_role;
     let mut granted = BTreeSet::new();
     for rule in role.rules.iter().flatten() {
@@ -933,7 +980,10 @@ fn rbac_grants_exactly_what_the_daemon_calls() -> Result<()> {
 
 #[test]
 fn daemonset_runs_on_the_host_network_without_privileged_containers() -> Result<()> {
-    let manifests = Manifests::load()?;
+    check_pod_security(&Manifests::load()?)
+}
+
+fn check_pod_security(manifests: &Manifests) -> Result<()> {
     let pod = manifests.pod_spec()?;
     ensure!(
         pod.host_network == Some(true),
@@ -1000,4 +1050,288 @@ fn daemonset_runs_on_the_host_network_without_privileged_containers() -> Result<
         }
     }
     Ok(())
+}
+
+/// A check of the deployment, on the files or on a rendering.
+type Check = fn(&Manifests) -> Result<()>;
+
+/// The checks that hold for the deployment however it is put together: run on the files as
+/// written (one test each, above) and on what `kubectl kustomize` renders from them (below).
+const CHECKS: &[(&str, Check)] = &[
+    (
+        "Envoy reads the ConfigMap generated from envoy.yaml",
+        check_envoy_reads_the_config_map,
+    ),
+    (
+        "the redirector's arguments parse and agree with Envoy",
+        check_redirector_args,
+    ),
+    (
+        "the collector's arguments parse and read Envoy's access log",
+        check_collector_args,
+    ),
+    ("RBAC grants exactly what the daemon calls", check_rbac),
+    (
+        "host network, no privileged container, least capabilities",
+        check_pod_security,
+    ),
+];
+
+/// The image of the DaemonSet's two redirector containers, `redirector` (the daemon) and
+/// `collector`, which must be the same.
+fn redirector_image(manifests: &Manifests) -> Result<String> {
+    let daemon = manifests
+        .container("redirector")?
+        .image
+        .clone()
+        .context("the redirector container names no image")?;
+    let collector = manifests.container("collector")?.image.clone();
+    ensure!(
+        collector.as_ref() == Some(&daemon),
+        "the daemon runs {daemon} but the collector {}: both are `redirector`, from one image",
+        collector.as_deref().unwrap_or("no image")
+    );
+    Ok(daemon)
+}
+
+/// The Envoy release the tests run: `ENVOY_VERSION` in xtask/src/setup.rs, which
+/// `cargo xtask setup` installs.
+fn tested_envoy_version() -> Result<String> {
+    let path = deploy_dir().join("../xtask/src/setup.rs");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("pub const ENVOY_VERSION: &str = \"")?
+                .strip_suffix("\";")
+        })
+        .map(str::to_owned)
+        .with_context(|| format!("{} defines no ENVOY_VERSION", path.display()))
+}
+
+/// The Envoy image the DaemonSet must run: the release the tests run.
+fn expected_envoy_image() -> Result<String> {
+    Ok(format!("envoyproxy/envoy:v{}", tested_envoy_version()?))
+}
+
+fn check_envoy_image(manifests: &Manifests) -> Result<()> {
+    let envoy = manifests
+        .container("envoy")?
+        .image
+        .clone()
+        .unwrap_or_default();
+    let expected = expected_envoy_image()?;
+    ensure!(
+        envoy == expected,
+        "the DaemonSet runs {envoy}, the tests run Envoy {} (ENVOY_VERSION in \
+         xtask/src/setup.rs): change both together, see deploy/README.md",
+        tested_envoy_version()?
+    );
+    Ok(())
+}
+
+/// `kubectl kustomize dir`, as parsed documents.
+fn kubectl_kustomize(dir: &Path) -> Result<Vec<Value>> {
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .context("cannot run kubectl, which the root-free tests take from PATH")?;
+    ensure!(
+        out.status.success(),
+        "`kubectl kustomize {}` failed ({}): {}",
+        dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).context("kubectl printed no UTF-8")?;
+    redirector::k8s::yaml::documents(&text).with_context(|| {
+        format!(
+            "`kubectl kustomize {}` printed no valid YAML",
+            dir.display()
+        )
+    })
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Result<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "l7r-{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A copy of `deploy/` (its files; it has no subdirectories) at `to`.
+fn copy_deploy(to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(deploy_dir())? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// kustomization.yaml's one `images:` entry: the redirector's.
+fn images_entry(kustomization: &Value) -> Result<&Value> {
+    let images = kustomization["images"]
+        .as_array()
+        .context("kustomization.yaml has no `images:` list (the redirector's image)")?;
+    let [entry] = &images[..] else {
+        bail!(
+            "kustomization.yaml's `images:` must have exactly one entry, the redirector's; \
+             Envoy's is pinned in daemonset.yaml: {images:?}"
+        );
+    };
+    Ok(entry)
+}
+
+#[test]
+fn the_redirector_image_is_set_in_one_place_and_envoy_is_the_tested_release() -> Result<()> {
+    let manifests = Manifests::load()?;
+    let image = redirector_image(&manifests)?;
+    let entry = images_entry(&manifests.kustomization)?;
+    // The DaemonSet names the image without a tag, so kustomization.yaml alone says which.
+    ensure!(
+        entry["name"] == image.as_str(),
+        "kustomization.yaml's `images:` entry is for {}, the DaemonSet runs {image}",
+        entry["name"]
+    );
+    let last = image.rsplit('/').next().unwrap_or_default();
+    ensure!(
+        !last.contains(':') && !image.contains('@'),
+        "daemonset.yaml must name {image} without a tag or digest: kustomization.yaml's \
+         `images:` sets it"
+    );
+    // The tag `cargo xtask image` builds (redirector-<version>.oci.tar, tagged <version>).
+    ensure!(
+        entry["newTag"] == env!("CARGO_PKG_VERSION"),
+        "kustomization.yaml deploys the tag {}, but `cargo xtask image` builds {}: bump both",
+        entry["newTag"],
+        env!("CARGO_PKG_VERSION")
+    );
+    check_envoy_image(&manifests)
+}
+
+#[test]
+fn kubectl_kustomize_renders_the_checked_deployment_with_the_image_set() -> Result<()> {
+    let rendered = Manifests::render(&deploy_dir())?;
+    for (what, check) in CHECKS {
+        check(&rendered).with_context(|| format!("rendered by kubectl kustomize: {what}"))?;
+    }
+    let entry = images_entry(&rendered.kustomization)?;
+    let name = entry["name"]
+        .as_str()
+        .context("the images entry has no name")?;
+    let expected = format!("{name}:{}", env!("CARGO_PKG_VERSION"));
+    let image = redirector_image(&rendered)?;
+    ensure!(
+        image == expected,
+        "kubectl kustomize renders the image {image}, expected {expected}"
+    );
+    check_envoy_image(&rendered)?;
+
+    // The generated ConfigMap is exactly envoy.yaml, in the namespace, under its fixed name.
+    let namespace = rendered.namespace_name()?;
+    let [config_map] = &rendered.config_maps[..] else {
+        bail!(
+            "expected one generated ConfigMap, got {}",
+            rendered.config_maps.len()
+        );
+    };
+    ensure!(
+        config_map.metadata.name.as_deref() == Some("envoy-config")
+            && config_map.metadata.namespace.as_deref() == Some(namespace),
+        "the generated ConfigMap is {:?} in {:?}, expected envoy-config in {namespace}",
+        config_map.metadata.name,
+        config_map.metadata.namespace
+    );
+    let bootstrap = fs::read_to_string(deploy_dir().join("envoy.yaml"))?;
+    ensure!(
+        config_map
+            .data
+            .as_ref()
+            .and_then(|d| d.get("envoy.yaml"))
+            .is_some_and(|text| *text == bootstrap),
+        "the ConfigMap's key envoy.yaml is not deploy/envoy.yaml as it is"
+    );
+    // Everything namespaced lands in the namespace.
+    ensure!(
+        rendered.service_account.metadata.namespace.as_deref() == Some(namespace)
+            && rendered.daemon_set.metadata.namespace.as_deref() == Some(namespace),
+        "the ServiceAccount and the DaemonSet must be rendered into {namespace}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_image_override_changes_both_redirector_containers_and_nothing_else() -> Result<()> {
+    let manifests = Manifests::load()?;
+    let name = redirector_image(&manifests)?;
+    let tmp = TempDir::new("kustomize")?;
+    let base = tmp.0.join("base");
+    copy_deploy(&base)?;
+
+    // An overlay, as a cluster's own repository would keep one: another registry and tag.
+    let overlay = tmp.0.join("overlay");
+    fs::create_dir_all(&overlay)?;
+    fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - \
+             ../base\nimages:\n  - name: {name}\n    newName: registry.example:5000/team/redirector\n    \
+             newTag: 9.9.9-test\n"
+        ),
+    )?;
+    let rendered = Manifests::render(&overlay)?;
+    ensure!(
+        redirector_image(&rendered)? == "registry.example:5000/team/redirector:9.9.9-test",
+        "the overlay's `images:` did not reach both redirector containers: {}",
+        redirector_image(&rendered)?
+    );
+    check_envoy_image(&rendered)?;
+    for (what, check) in CHECKS {
+        check(&rendered).with_context(|| format!("rendered from an overlay: {what}"))?;
+    }
+
+    // `kustomize edit set image NAME=REGISTRY/redirector@sha256:...` in deploy/ itself rewrites
+    // the entry in place: here by hand, on the copy.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let mut kustomization = read_yaml("kustomization.yaml")?;
+    let entry = kustomization
+        .pointer_mut("/images/0")
+        .and_then(Value::as_object_mut)
+        .context("kustomization.yaml has no images entry")?;
+    entry.remove("newTag");
+    entry.insert("newName".into(), "registry.example/redirector".into());
+    entry.insert("digest".into(), digest.clone().into());
+    // JSON is YAML: kustomize reads it as it is.
+    fs::write(
+        base.join("kustomization.yaml"),
+        serde_json::to_string_pretty(&kustomization)?,
+    )?;
+    let rendered = Manifests::render(&base)?;
+    ensure!(
+        redirector_image(&rendered)? == format!("registry.example/redirector@{digest}"),
+        "the edited `images:` entry did not reach both redirector containers: {}",
+        redirector_image(&rendered)?
+    );
+    check_envoy_image(&rendered)
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -35,9 +36,12 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Run everything CI runs: setup if needed, eBPF build, fmt, clippy, unit and privileged
-    /// tests, and the privileged datapath tests again on Linux 5.10, 6.1 and 6.12 (VMs).
+    /// Run everything CI runs: setup if needed, eBPF build, fmt, clippy, unit tests, the
+    /// container image, the privileged tests, and the privileged datapath tests again on Linux
+    /// 5.10, 6.1 and 6.12 (VMs).
     Test,
+    #[command(about = image::ABOUT, long_about = image::LONG_ABOUT)]
+    Image,
     /// Show the main job on this machine: a small lab where annotating a Service sends its new
     /// connections through the real Envoy, step by step (root; cleans up on exit or Ctrl-C).
     Demo,
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::BuildEbpf { release } => build_ebpf::build_ebpf(release).map(|_| ()),
         Command::Test => test::run(),
+        Command::Image => image::run(),
         Command::Demo => demo::run(),
         Command::Bench { args } => bench::run(&args),
         Command::VmTest {

@@ -14,9 +14,11 @@ use crate::util;
 ///
 /// `rustc-web` and `libstd-rust-web-dev-bpf` give a compiler with a prebuilt `core` for
 /// `bpfel-unknown-none` (rustup cannot fetch `rust-src` here), `llvm-22-dev` is what bpf-linker
-/// links against, `bpftool` inspects pinned maps, the network tools build test topologies, and
-/// `python3-venv` is what `python3 -m venv` needs on Debian to create the Envoy venv, and
-/// `curl` is the HTTP client the end-to-end tests and the demo use, as the user guide does.
+/// links against, `bpftool` inspects pinned maps (and goes into the container image), the
+/// network tools build test topologies, `python3-venv` is what `python3 -m venv` needs on Debian
+/// to create the Envoy venv, `curl` is the HTTP client the end-to-end tests and the demo use, as
+/// the user guide does, and `buildah` builds the container image (`cargo xtask image`, FROM
+/// SCRATCH, so none of its container-running recommends are used).
 pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -27,6 +29,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "python3-venv",
     "curl",
+    "buildah",
 ];
 
 /// Debian packages the kernel matrix (`cargo xtask vm-test`) uses, installed without their

@@ -1,16 +1,18 @@
 //! `cargo xtask test`: the one command CI runs, and what a developer runs before pushing.
 //!
-//! The root-free tests run first (they need nothing but cargo), then the privileged ones, one
-//! at a time: they need root, the kernel object and what `cargo xtask setup` installs. Last,
-//! the kernel matrix runs the datapath tests again in VMs with Debian's 5.10, 6.1 and 6.12
-//! kernels (`cargo xtask vm-test`): defects that only older kernels have stay visible.
+//! The root-free tests run first (they need nothing but cargo), then the container image is
+//! built (`cargo xtask image`) so that the privileged tests, which run next, one at a time,
+//! check the very archive a cluster would get (`image::`); they need root, the kernel object
+//! and what `cargo xtask setup` installs. Last, the kernel matrix runs the datapath tests again
+//! in VMs with Debian's 5.10, 6.1 and 6.12 kernels (`cargo xtask vm-test`): defects that only
+//! older kernels have stay visible.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{build_ebpf, setup, util, vm};
+use crate::{build_ebpf, image, setup, util, vm};
 
 /// `cargo` arguments that build (and run) the privileged test binary. The kernel matrix builds
 /// it with the same ones, so it tests the very binary of the host step, compiled once.
@@ -56,7 +58,7 @@ fn setup_if_needed() -> Result<()> {
 /// `cargo xtask test`: runs the steps in order, stops at the first failure and names it.
 pub fn run() -> Result<()> {
     type Step = (&'static str, fn() -> Result<()>);
-    let steps: [Step; 7] = [
+    let steps: [Step; 8] = [
         ("setup", setup_if_needed),
         // Debug, because the daemon's build script embeds the object of its own profile and
         // the steps below build the daemon in debug.
@@ -89,6 +91,13 @@ pub fn run() -> Result<()> {
         // tests, in parallel.
         ("root-free tests", || {
             util::run(&mut cargo(&["test", "--workspace"]))
+        }),
+        // The release kernel object and binary, and the OCI archive built from them; the
+        // privileged `image::` tests below unpack it and run its binaries. About two minutes,
+        // most of it the release build.
+        ("container image", || {
+            require_root()?;
+            image::run()
         }),
         // One at a time: these tests share the host's bpffs, cgroup tree and ports. Built with
         // the whole workspace selected, so dependencies keep the features of the step above

@@ -14,6 +14,7 @@
 //! - [`e2e_envoy`], [`e2e_collector`]: the user guide's workflow with the real Envoy, and the
 //!   L7 records of `redirector collect`;
 //! - [`e2e_reliability`]: a steady load while Envoy or the daemon fails: what it costs;
+//! - [`image`]: the container image `cargo xtask image` built, unpacked and run in a chroot;
 //! - [`bench_smoke`]: `cargo xtask bench` in miniature, so it cannot rot.
 
 mod bench_smoke;
@@ -23,6 +24,7 @@ mod datapath;
 mod e2e_collector;
 mod e2e_envoy;
 mod e2e_reliability;
+mod image;
 
 /// The `redirector` binary built from this tree (see `src/bin/redirector-under-test.rs`).
 const REDIRECTOR: &str = env!("CARGO_BIN_EXE_redirector-under-test");
