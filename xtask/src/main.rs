@@ -3,6 +3,7 @@
 
 mod bench;
 mod build_ebpf;
+mod chaos;
 mod demo;
 mod image;
 mod setup;
@@ -66,6 +67,15 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         filter: Vec<String>,
     },
+    /// The reliability report (root): a steady load through a lab with the real Envoy and
+    /// daemon while one fault at a time is injected (Envoy killed, stopped, replaced; the daemon
+    /// killed, rolled; both gone; uninstall); prints what each cost as Markdown
+    /// (docs/reliability.md). Flags after `--` go to `l7r-chaos` (e.g. `-- --faults envoy-kill`).
+    Chaos {
+        /// Flags for `l7r-chaos` (see `l7r-chaos --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build in release mode and run the benchmarks (root): the redirector against iptables
     /// and nftables, printed as Markdown, raw samples in target/bench/. Flags after `--` go to
     /// `l7r-bench` (e.g. `cargo xtask bench -- --quick`).
@@ -85,6 +95,7 @@ fn main() -> ExitCode {
         Command::Image => image::run(),
         Command::Demo => demo::run(),
         Command::Bench { args } => bench::run(&args),
+        Command::Chaos { args } => chaos::run(&args),
         Command::VmTest {
             kernel,
             jobs,
