@@ -53,7 +53,7 @@ pub fn run() -> Result<()> {
             }
             Ok(())
         }
-        Command::Detach { pin_dir } => {
+        Command::Detach { pin_dir, wait } => {
             telemetry::init(LogFormat::Text);
             let removed = dataplane::detach(&pin_dir)?;
             if removed.is_empty() {
@@ -68,9 +68,26 @@ pub fn run() -> Result<()> {
                     removed.len()
                 );
             }
+            if wait {
+                println!("this node is clean; waiting for SIGTERM");
+                std::io::Write::flush(&mut std::io::stdout())?;
+                runtime()?.block_on(until_terminated())?;
+            }
             Ok(())
         }
     }
+}
+
+/// Returns at SIGTERM or SIGINT.
+async fn until_terminated() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }
 
 /// The daemon's and the collector's runtime: two workers are plenty for a node agent.
@@ -120,6 +137,10 @@ pub enum Command {
         /// Where the maps and links are pinned.
         #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
         pin_dir: PathBuf,
+        /// After detaching, wait for SIGTERM instead of exiting: for the cleanup DaemonSet
+        /// (deploy/cleanup/), whose pods must keep running once their node is clean.
+        #[arg(long)]
+        wait: bool,
     },
     /// Follow Envoy's access log and write aggregated L7 records (JSON lines), configured
     /// like the reference product's log collection (logIntervalSeconds,

@@ -308,6 +308,24 @@ impl EnvoyBootstrap {
 
     /// The SO_MARK every upstream connection carries: each cluster the listener can send to
     /// must set the same one, before connecting.
+    /// The admin API's address (`admin.address.socket_address`).
+    fn admin(&self) -> Result<SocketAddr> {
+        let socket = self
+            .config
+            .pointer("/admin/address/socket_address")
+            .context("envoy.yaml has no admin socket_address")?;
+        let ip = socket["address"]
+            .as_str()
+            .context("admin address")?
+            .parse()
+            .context("admin address is not an IP")?;
+        let port = socket["port_value"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .context("admin port_value")?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
     fn upstream_mark(&self) -> Result<u32> {
         let mut used = BTreeSet::new();
         collect_strings(self.listener()?, "cluster", &mut used);
@@ -684,6 +702,21 @@ fn check_redirector_args(manifests: &Manifests) -> Result<()> {
     ensure!(
         excluded == mark && mark & mask == excluded,
         "--exclude-mark {excluded:#x}/{mask:#x} does not match the SO_MARK {mark:#x} Envoy sets"
+    );
+
+    // The proxy check asks Envoy's admin whether it serves (a stopped Envoy still accepts TCP
+    // connections): on the node's loopback, where envoy.yaml puts the admin.
+    let admin = bootstrap.admin()?;
+    ensure!(
+        args.proxy_admin == Some(admin),
+        "--proxy-admin is {:?}, Envoy's admin listens on {admin}",
+        args.proxy_admin
+    );
+    ensure!(
+        args.ready_lease > args.proxy_check_interval,
+        "the readiness lease ({:?}) must outlast the check interval ({:?})",
+        args.ready_lease,
+        args.proxy_check_interval
     );
 
     let envoy = manifests.container("envoy")?;
@@ -1334,4 +1367,85 @@ fn an_image_override_changes_both_redirector_containers_and_nothing_else() -> Re
         redirector_image(&rendered)?
     );
     check_envoy_image(&rendered)
+}
+
+/// `deploy/cleanup/`: what removes the programs from every node after `kubectl delete -k
+/// deploy/`. It must run `redirector detach` on the pin directory the daemon uses, see the
+/// host's bpffs there, run the same image, and keep running once done.
+#[test]
+fn the_cleanup_daemonset_detaches_what_the_redirector_pinned() -> Result<()> {
+    let daemon_args = redirector_args(&Manifests::load()?)?;
+    let documents = kubectl_kustomize(&deploy_dir().join("cleanup"))?;
+    let ds: DaemonSet = typed(
+        documents
+            .iter()
+            .find(|d| d["kind"] == "DaemonSet")
+            .context("deploy/cleanup/ renders no DaemonSet")?,
+        "the cleanup DaemonSet",
+    )?;
+    let spec = ds
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("the cleanup DaemonSet has no pod spec")?;
+    let [container] = &spec.containers[..] else {
+        bail!("the cleanup DaemonSet must have one container");
+    };
+    let argv: Vec<String> = std::iter::once("redirector".to_owned())
+        .chain(container.args.iter().flatten().cloned())
+        .collect();
+    let cli = Cli::try_parse_from(&argv)
+        .map_err(|e| anyhow::anyhow!("{argv:?} does not parse with `redirector`: {e}"))?;
+    let CliCommand::Detach { pin_dir, wait } = cli.command else {
+        bail!("the cleanup container must run `redirector detach`, got {argv:?}");
+    };
+    ensure!(
+        pin_dir == daemon_args.pin_dir,
+        "the cleanup detaches {}, the daemon pins under {}",
+        pin_dir.display(),
+        daemon_args.pin_dir.display()
+    );
+    ensure!(
+        wait,
+        "without --wait the pods would exit and be restarted for good"
+    );
+    let bpffs = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| pin_dir.starts_with(&m.mount_path))
+        .context("nothing is mounted where the pins are")?;
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == bpffs.name)
+        .context("the bpffs mount names no volume")?;
+    ensure!(
+        volume.host_path.as_ref().map(|h| h.path.as_str()) == Some("/sys/fs/bpf")
+            && bpffs.read_only != Some(true),
+        "the cleanup must see the host's bpffs, writable"
+    );
+    ensure!(
+        spec.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "the cleanup must run on every node, whatever its taints"
+    );
+    let rendered_image = |docs: &[Value], name: &str| -> Option<String> {
+        docs.iter()
+            .find(|d| d["kind"] == "DaemonSet")
+            .and_then(|d| d.pointer("/spec/template/spec/containers"))
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["image"].as_str().map(str::to_owned))
+    };
+    let cleanup_image = rendered_image(&documents, "detach");
+    let daemon_image = rendered_image(&kubectl_kustomize(&deploy_dir())?, "redirector");
+    ensure!(
+        cleanup_image.is_some() && cleanup_image == daemon_image,
+        "the cleanup runs {cleanup_image:?}, the daemon {daemon_image:?}: change both \
+         kustomization.yaml `images:` together"
+    );
+    Ok(())
 }

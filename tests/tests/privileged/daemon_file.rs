@@ -350,6 +350,104 @@ fn sigterm_leaves_the_datapath_a_restart_adopts_it_and_detach_removes_it() -> Re
     Ok(())
 }
 
+/// The container args of `deploy/cleanup/daemonset.yaml`.
+fn cleanup_args() -> Result<Vec<String>> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cleanup/daemonset.yaml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let ds: serde_json::Value = serde_saphyr::from_str(&text)?;
+    let args = ds
+        .pointer("/spec/template/spec/containers/0/args")
+        .and_then(serde_json::Value::as_array)
+        .context("the cleanup DaemonSet's container has no args")?;
+    args.iter()
+        .map(|a| a.as_str().map(str::to_string).context("a non-string arg"))
+        .collect()
+}
+
+/// A child process killed (by its PID) on drop.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn the_cleanup_daemonsets_command_removes_the_datapath_without_any_capability() -> Result<()> {
+    let lab = Lab::with(LabOptions::for_daemon())?;
+    let _proxy = lab.start_proxy(Upstream::Plain)?;
+    let file = ServicesFile::new(&manifests(Some("true")))?;
+    // `kubectl delete -k deploy/`: the daemon stops and leaves the datapath in place.
+    start_steering(&lab, &file)?.stop()?;
+    assert_eq!(attached_programs(&lab)?, 6);
+
+    // `kubectl apply -k deploy/cleanup/`: its container's args, on this lab's pin dir, as root
+    // with every capability dropped (the manifest drops them all).
+    let args: Vec<String> = cleanup_args()?
+        .into_iter()
+        .map(|a| match a.strip_prefix("--pin-dir=") {
+            Some(_) => format!("--pin-dir={}", lab.pin_dir.display()),
+            None => a,
+        })
+        .collect();
+    assert_eq!(args.first().map(String::as_str), Some("detach"), "{args:?}");
+    let mut child = Reaped(
+        Command::new("setpriv")
+            .args(["--bounding-set=-all", "--inh-caps=-all", EXE])
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !printed
+        .iter()
+        .any(|l: &String| l.contains("this node is clean"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(_) => anyhow::bail!("the cleanup did not finish within 10 s: {printed:?}"),
+        }
+    }
+    assert!(
+        printed.iter().any(|l| l.starts_with("detached: removed")),
+        "{printed:?}"
+    );
+    assert!(!lab.pin_dir.exists(), "no pins left");
+    assert_eq!(attached_programs(&lab)?, 0, "no programs left");
+    assert_eq!(
+        lab.connect(sa(BACKEND4, SERVICE_PORT))?
+            .ask("after the cleanup")?,
+        ip(CLIENT4)
+    );
+    // The pod keeps running until the DaemonSet is deleted, and then stops cleanly.
+    assert!(child.0.try_wait()?.is_none(), "it must wait, not exit");
+    // SAFETY: signalling the child we started, by its PID.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait()?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
+
 #[test]
 fn a_proxy_that_stops_together_with_the_daemon_fails_open() -> Result<()> {
     let lab = Lab::with(LabOptions::for_daemon())?;
