@@ -1,10 +1,10 @@
 //! `cgroup/connect4` and `cgroup/connect6`: the steering decision.
 //!
 //! A TCP connect to a selected destination, from a socket that is not excluded, while the proxy
-//! holds a valid readiness lease, is rewritten to one of the proxy's ports, and the original destination is stored on
-//! the socket. Everything else passes untouched; unselected traffic costs one hash lookup and,
-//! to forget what an earlier connect on the same socket may have recorded, one socket-storage
-//! delete (a pointer test on a socket that has none).
+//! holds a valid readiness lease, is rewritten to one of the proxy's ports, and the original
+//! destination is stored on the socket. Everything else passes untouched; unselected traffic
+//! costs one hash lookup and, to forget what an earlier connect on the same socket may have
+//! recorded, one socket-storage delete (a pointer test on a socket that has none).
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 

@@ -166,10 +166,11 @@ pub(super) fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
 
 /// Refuses to adopt pinned maps whose key or value layout differs from this build's: aya would
 /// reuse them blindly and the programs would read garbage. (A safety net under the layout
-/// version: a build whose stamp was not raised for a change it made still cannot misread.) The counters are the exception:
-/// they hold nothing that must survive, so a `counters` map of another layout (a version that
-/// counts other things) is unpinned, and created anew by the load; the old programs keep
-/// their own reference to the old map until their links are replaced.
+/// version: a build whose stamp was not raised for a change it made still cannot misread.)
+/// The counters are the exception: they hold nothing that must survive, so a `counters` map of
+/// another layout (a version that counts other things) is unpinned, and created anew by the
+/// load; the old programs keep their own reference to the old map until their links are
+/// replaced.
 pub(super) fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
     use std::mem::size_of;
     let expected: [(&'static str, u32, u32); 8] = [
