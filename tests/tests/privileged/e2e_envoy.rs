@@ -378,7 +378,7 @@ fn ipv6_and_dual_stack_services_are_steered_and_logged() -> Result<()> {
             .request("GET", &format!("/to/{dst}"))
             .with_context(|| format!("GET through {dst}"))?;
         let r = ok(r)?;
-        assert!(r.via_envoy(), "{dst}: {r:?}");
+        assert!(r.via_envoy(), "{dst}: {r:?}\ndaemon log:\n{}", daemon.log());
         assert_eq!(
             r.body,
             format!("hello from the backend; you are {upstream}\n"),
