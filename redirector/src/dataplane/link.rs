@@ -11,8 +11,10 @@ use std::{
 
 /// `enum bpf_cmd` values used here (uapi, stable).
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 // `enum bpf_attach_type` values of our programs (uapi, stable).
 pub(super) const BPF_CGROUP_SOCK_OPS: u32 = 3;
@@ -67,6 +69,34 @@ pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     attr[0] = c_path.as_ptr() as u64;
     attr[1] = u64::from(fd.as_raw_fd() as u32);
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Detaches the pinned link at `path` and removes the pin, so that the program no longer runs
+/// when this returns. Removing the pin alone drops the last reference from a kernel work
+/// queue (6.x), and the program stays attached for a moment after `detach` has returned.
+pub(super) fn unpin_link(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr: BpfAttr = [0; 16];
+    // struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }
+    attr[0] = c_path.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr: BpfAttr = [0; 16];
+    // struct { __u32 link_fd; }: cgroup links can be detached since 5.9.
+    attr[0] = u64::from(link.as_raw_fd() as u32);
+    match bpf(BPF_LINK_DETACH, &mut attr) {
+        // Not a link that can be detached (a pin that is not a cgroup link): unpinning and
+        // closing our descriptor, the last reference, still releases it synchronously.
+        Err(e)
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP)
+                || e.raw_os_error() == Some(libc::EINVAL) => {}
+        other => {
+            other?;
+        }
+    }
+    std::fs::remove_file(path)
 }
 
 /// How many programs are attached to the cgroup `cgroup` itself for `attach_type` (inherited

@@ -51,8 +51,7 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>> {
             if path.is_dir() {
                 continue;
             }
-            // Unpinning drops the last reference, which detaches the program.
-            fs::remove_file(&path).map_err(pin_err("cannot unpin", &path))?;
+            link::unpin_link(&path).map_err(pin_err("cannot detach and unpin", &path))?;
             debug!(link = %path.display(), "detached");
             removed.push(path);
         }
@@ -141,7 +140,7 @@ pub(super) fn release_unknown_links(links_dir: &Path) -> Result<Vec<PathBuf>> {
         if known || path.is_dir() {
             continue;
         }
-        fs::remove_file(&path).map_err(pin_err("cannot unpin", &path))?;
+        link::unpin_link(&path).map_err(pin_err("cannot detach and unpin", &path))?;
         info!(link = %path.display(), "released the link of a program this version does not have");
         released.push(path);
     }
