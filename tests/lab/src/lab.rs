@@ -236,6 +236,21 @@ impl Lab {
         Ok(Dataplane::open_pinned(&self.pin_dir)?.proxy_readiness()?)
     }
 
+    /// What the kernel programs counted and the proxies' leases as they are now, for a failure
+    /// message that must say why a connection was or was not steered.
+    pub fn pinned_state(&self) -> String {
+        let now = redirector::clock::monotonic_ns();
+        match Dataplane::open_pinned(&self.pin_dir) {
+            Ok(d) => format!(
+                "now: {now} ns\nleases: {:?}\nfailures: {:?}\ncounters: {:#?}",
+                d.proxy_leases(),
+                d.proxy_failures(),
+                d.counters()
+            ),
+            Err(e) => format!("cannot open the pins: {e}"),
+        }
+    }
+
     /// `redirector run` flags matching this lab: its cgroup, pins, proxies and exclusions.
     pub fn daemon_args(&self) -> Vec<String> {
         let mut args = vec![
@@ -576,5 +591,32 @@ fn wire(client: &Netns, node: &Netns, backend: &Netns) -> Result<()> {
     backend.ip(&["-6", "route", "add", "default", "via", NODE6_UPSTREAM])?;
     node.sysctl("net.ipv4.ip_forward", "1")?;
     node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    resolve_neighbours(client, &[NODE4, NODE6])?;
+    resolve_neighbours(backend, &[NODE4_UPSTREAM, NODE6_UPSTREAM])?;
     Ok(())
+}
+
+/// Waits until `ns` reaches each of `peers` (a closed port answers with a reset), which also
+/// resolves their link-layer addresses. A fresh veth's queue starts only when the kernel's
+/// link watcher gets to it (up to a second later); until then the first ARP or neighbour
+/// solicitation is lost and the first SYN waits a second for the next one. A steered SYN
+/// that waits that long counts as a proxy that does not answer, and voids its lease.
+fn resolve_neighbours(ns: &Netns, peers: &[&str]) -> Result<()> {
+    let peers: Vec<SocketAddr> = peers.iter().map(|ip| sa(ip, 9)).collect();
+    ns.run(move || -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for peer in peers {
+            loop {
+                match std::net::TcpStream::connect_timeout(&peer, Duration::from_millis(200)) {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        bail!("{peer} is not reachable over the lab's veth: {e}")
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        Ok(())
+    })?
 }

@@ -378,7 +378,12 @@ fn ipv6_and_dual_stack_services_are_steered_and_logged() -> Result<()> {
             .request("GET", &format!("/to/{dst}"))
             .with_context(|| format!("GET through {dst}"))?;
         let r = ok(r)?;
-        assert!(r.via_envoy(), "{dst}: {r:?}\ndaemon log:\n{}", daemon.log());
+        assert!(
+            r.via_envoy(),
+            "{dst}: {r:?}\n{}\ndaemon log:\n{}",
+            lab.pinned_state(),
+            daemon.log()
+        );
         assert_eq!(
             r.body,
             format!("hello from the backend; you are {upstream}\n"),
