@@ -1,4 +1,4 @@
-//! The command line: `redirector run | status | detach | collect`, every flag of every
+//! The command line: `redirector run | status | detach | collect | drain-proxy`, every flag of every
 //! subcommand in one place. The flags are a contract (see docs/design.md): users, scripts and
 //! tests rely on them exactly. Each subcommand's flags turn into the options of the module that
 //! does the work (`daemon`, `collector`, `status`, `dataplane`), which know nothing of clap.
@@ -25,6 +25,7 @@ use crate::{
     proxy_config::{
         DEFAULT_PROXY_PORT, DEFAULT_PROXY_PORTS, ProxyConfigError, parse_mark, resolve_proxies,
     },
+    proxy_drain::{self, DrainOptions},
     status,
     telemetry::{self, LogFormat},
 };
@@ -40,6 +41,16 @@ pub fn run() -> Result<()> {
             telemetry::init(args.log_format);
             let options = args.options()?;
             runtime()?.block_on(collector::run(options))
+        }
+        Command::DrainProxy(args) => {
+            telemetry::init(args.log_format);
+            let report = runtime()?.block_on(proxy_drain::drain(&args.options()))?;
+            println!(
+                "drained in {:.1} s; connections left: {}",
+                report.drained_in.as_secs_f64(),
+                report.connections_left
+            );
+            Ok(())
         }
         Command::Status { pin_dir, json } => {
             telemetry::init(LogFormat::Text);
@@ -146,6 +157,52 @@ pub enum Command {
     /// like the reference product's log collection (logIntervalSeconds,
     /// logRequestsPerInterval).
     Collect(Box<CollectArgs>),
+    /// Take the node's Envoy out of service without failing a request: fail its readiness
+    /// (`/healthcheck/fail`, so the daemon stops steering new connections to it), wait until
+    /// nothing is steered to it any more, drain its listeners gracefully (keep-alive
+    /// connections close after their current response, HTTP/2 ones get GOAWAY), and wait for
+    /// its connections to finish. The proxy DaemonSet runs it as a pre-stop hook.
+    DrainProxy(DrainProxyArgs),
+}
+
+/// `redirector drain-proxy` flags.
+#[derive(Debug, Args)]
+pub struct DrainProxyArgs {
+    /// Envoy's admin address (envoy.yaml's `admin:`, on the node's loopback).
+    #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
+    pub admin: SocketAddr,
+    /// How long new connections may still be steered to Envoy after its readiness fails: the
+    /// daemon's `--proxy-check-interval` while it runs, its `--ready-lease` if it does not;
+    /// so the lease.
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub steering_grace: Duration,
+    /// At most this long for Envoy's connections to close; what is still open then ends with
+    /// Envoy. Keep the pod's terminationGracePeriodSeconds above the sum of the waits.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// After the last connection closed, wait this long for Envoy to write the last access log
+    /// lines out (its `--file-flush-interval-msec`, and a little), so the collector reads them.
+    #[arg(long, default_value = "1500ms", value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub log_flush_wait: Duration,
+    /// Write this (empty) file when done: Envoy's own pre-stop hook waits for it.
+    #[arg(long, value_name = "PATH")]
+    pub done_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl DrainProxyArgs {
+    /// The drain's options.
+    pub fn options(&self) -> DrainOptions {
+        DrainOptions {
+            admin: self.admin,
+            steering_grace: self.steering_grace,
+            drain_timeout: self.drain_timeout,
+            log_flush_wait: self.log_flush_wait,
+            done_file: self.done_file.clone(),
+        }
+    }
 }
 
 /// Where Services (and EndpointSlices, and Pods for `collect`) come from: shared by `run` and

@@ -13,17 +13,13 @@
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use redirector_common::{PROXY4, PROXY6, ProxyLease};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-    task::JoinHandle,
-    time::timeout,
-};
+use tokio::{net::TcpStream, task::JoinHandle, time::timeout};
 use tracing::{info, warn};
 
 use crate::{
     clock::{self, nanos},
     dataplane::{Dataplane, DataplaneError},
+    envoy_admin,
     metrics::Metrics,
 };
 
@@ -84,32 +80,16 @@ pub async fn check(
         .unwrap_or(Err(CheckFailure::TimedOut(limit)))
 }
 
-/// Envoy's `/ready`: 200 `LIVE` only while the server is initialised and not draining.
+/// Envoy's `/ready`: 200 `LIVE` only while the server is initialised and not draining
+/// (`/healthcheck/fail`, which `redirector drain-proxy` calls first, turns it to 503).
 async fn admin_ready(admin: SocketAddr) -> Result<(), String> {
-    let mut stream = TcpStream::connect(admin)
-        .await
-        .map_err(|e| format!("admin {admin}: {e}"))?;
-    stream
-        .write_all(b"GET /ready HTTP/1.1\r\nHost: envoy-admin\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| format!("admin {admin}: {e}"))?;
-    let mut head = Vec::with_capacity(64);
-    let mut buf = [0u8; 64];
-    while !head.contains(&b'\n') && head.len() < 1024 {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("admin {admin}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let status_line = line.lines().next().unwrap_or("").trim();
-    match status_line.split_whitespace().nth(1) {
-        Some("200") => Ok(()),
-        _ => Err(format!("admin {admin} answered {status_line:?}")),
+    let answer = envoy_admin::request(admin, "GET", "/ready").await?;
+    match answer.status {
+        200 => Ok(()),
+        other => Err(format!(
+            "admin {admin} answered {other} {}",
+            answer.body.trim()
+        )),
     }
 }
 
@@ -300,7 +280,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_admin_must_answer_200() {
-        use tokio::net::TcpListener;
+        use tokio::{
+            io::{AsyncReadExt as _, AsyncWriteExt as _},
+            net::TcpListener,
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listener_addr = listener.local_addr().unwrap();
         let serve = |status: &'static str| async move {

@@ -21,6 +21,9 @@
 //! - [`dataplane`]: the only module that touches aya: load, pin, attach, read and write maps.
 //! - [`health`]: proxy readiness checks, granting the kernel a readiness lease (fail-open when
 //!   the proxy is down or nobody renews the lease); [`clock`]: the lease's clock.
+//! - [`envoy_admin`]: the few calls to Envoy's admin API; [`proxy_drain`]: `redirector
+//!   drain-proxy`, taking Envoy out of service before its pod stops (the proxy DaemonSet's
+//!   pre-stop hook).
 //! - [`metrics`]: the metrics registry, and the server of `/metrics`, `/healthz`, `/readyz`.
 //! - [`status`]: the `redirector status` report.
 //! - [`cgroup`], [`fs_type`]: finding cgroup v2 directories; which file system a path is on.
@@ -35,12 +38,14 @@ pub mod clock;
 pub mod collector;
 pub mod daemon;
 pub mod dataplane;
+pub mod envoy_admin;
 pub mod exclusions;
 pub mod fs_type;
 pub mod health;
 pub mod k8s;
 pub mod metrics;
 pub mod proxy_config;
+pub mod proxy_drain;
 pub mod reconcile;
 pub mod selection;
 pub mod status;

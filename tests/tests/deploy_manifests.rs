@@ -17,6 +17,7 @@ use std::{
     fs,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -117,7 +118,10 @@ struct Manifests {
     service_account: ServiceAccount,
     cluster_role: ClusterRole,
     binding: ClusterRoleBinding,
+    /// `l7-redirector`, the daemon's.
     daemon_set: DaemonSet,
+    /// `l7-proxy`, Envoy's and the collector's.
+    proxy_set: DaemonSet,
     /// The ConfigMaps a rendering generates (none in the files themselves).
     config_maps: Vec<ConfigMap>,
 }
@@ -154,6 +158,7 @@ impl Manifests {
     fn from_documents(kustomization: Value, documents: Vec<(String, Value)>) -> Result<Self> {
         let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
         let mut config_maps = Vec::new();
+        let mut daemon_sets: BTreeMap<String, DaemonSet> = BTreeMap::new();
         for (origin, value) in documents {
             let kind = value["kind"]
                 .as_str()
@@ -161,6 +166,15 @@ impl Manifests {
                 .to_owned();
             if kind == "ConfigMap" {
                 config_maps.push(typed(&value, &format!("the ConfigMap of {origin}"))?);
+                continue;
+            }
+            if kind == "DaemonSet" {
+                let ds: DaemonSet = typed(&value, &format!("the DaemonSet of {origin}"))?;
+                let name = ds.metadata.name.clone().unwrap_or_default();
+                ensure!(
+                    daemon_sets.insert(name.clone(), ds).is_none(),
+                    "two DaemonSets named {name:?}"
+                );
                 continue;
             }
             ensure!(
@@ -178,14 +192,20 @@ impl Manifests {
             service_account: typed(&take("ServiceAccount")?, "the ServiceAccount")?,
             cluster_role: typed(&take("ClusterRole")?, "the ClusterRole")?,
             binding: typed(&take("ClusterRoleBinding")?, "the ClusterRoleBinding")?,
-            daemon_set: typed(&take("DaemonSet")?, "the DaemonSet")?,
+            daemon_set: daemon_sets
+                .remove("l7-redirector")
+                .context("no DaemonSet l7-redirector (the daemon's)")?,
+            proxy_set: daemon_sets
+                .remove("l7-proxy")
+                .context("no DaemonSet l7-proxy (Envoy's and the collector's)")?,
             kustomization,
             config_maps,
         };
         ensure!(
-            by_kind.is_empty(),
-            "kustomization.yaml lists resources this test does not check: {:?}",
-            by_kind.keys().collect::<Vec<_>>()
+            by_kind.is_empty() && daemon_sets.is_empty(),
+            "kustomization.yaml lists resources this test does not check: {:?} {:?}",
+            by_kind.keys().collect::<Vec<_>>(),
+            daemon_sets.keys().collect::<Vec<_>>()
         );
         Ok(manifests)
     }
@@ -198,20 +218,40 @@ impl Manifests {
             .context("the Namespace has no name")
     }
 
-    fn pod_spec(&self) -> Result<&PodSpec> {
-        self.daemon_set
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .context("the DaemonSet has no pod template spec")
+    /// Both DaemonSets.
+    fn daemon_sets(&self) -> [&DaemonSet; 2] {
+        [&self.daemon_set, &self.proxy_set]
+    }
+
+    /// Both DaemonSets' pod specs.
+    fn pod_specs(&self) -> Result<Vec<&PodSpec>> {
+        self.daemon_sets()
+            .into_iter()
+            .map(|ds| {
+                ds.spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .with_context(|| {
+                        format!("DaemonSet {:?} has no pod template spec", ds.metadata.name)
+                    })
+            })
+            .collect()
+    }
+
+    /// The pod spec that holds the container `name`.
+    fn pod_spec_of(&self, name: &str) -> Result<&PodSpec> {
+        self.pod_specs()?
+            .into_iter()
+            .find(|p| p.containers.iter().any(|c| c.name == name))
+            .with_context(|| format!("no DaemonSet has a container {name:?}"))
     }
 
     fn container(&self, name: &str) -> Result<&Container> {
-        self.pod_spec()?
+        self.pod_spec_of(name)?
             .containers
             .iter()
             .find(|c| c.name == name)
-            .with_context(|| format!("the DaemonSet has no container {name:?}"))
+            .with_context(|| format!("no DaemonSet has a container {name:?}"))
     }
 }
 
@@ -555,7 +595,7 @@ fn check_envoy_reads_the_config_map(manifests: &Manifests) -> Result<()> {
     );
 
     let volume = manifests
-        .pod_spec()?
+        .pod_spec_of("envoy")?
         .volumes
         .iter()
         .flatten()
@@ -795,7 +835,7 @@ fn check_redirector_args(manifests: &Manifests) -> Result<()> {
             .max_by_key(|m| m.mount_path.len())
             .with_context(|| format!("{} is on no volume of the container", path.display()))?;
         let volume = manifests
-            .pod_spec()?
+            .pod_spec_of("redirector")?
             .volumes
             .iter()
             .flatten()
@@ -879,8 +919,15 @@ fn check_collector_args(manifests: &Manifests) -> Result<()> {
         "Envoy must be able to write to {}",
         written.name
     );
+    ensure!(
+        std::ptr::eq(
+            manifests.pod_spec_of("collector")?,
+            manifests.pod_spec_of("envoy")?
+        ),
+        "the collector must run in Envoy's pod, to read its access log from their volume"
+    );
     let volume = manifests
-        .pod_spec()?
+        .pod_spec_of("collector")?
         .volumes
         .iter()
         .flatten()
@@ -976,13 +1023,19 @@ fn check_rbac(manifests: &Manifests) -> Result<()> {
         .name
         .as_deref()
         .context("the ServiceAccount has no name")?;
-    let ds = &manifests.daemon_set.metadata;
     ensure!(
-        sa.namespace.as_deref() == Some(namespace) && ds.namespace.as_deref() == Some(namespace),
-        "the ServiceAccount ({:?}) and the DaemonSet ({:?}) must be in namespace {namespace}",
-        sa.namespace,
-        ds.namespace
+        sa.namespace.as_deref() == Some(namespace),
+        "the ServiceAccount ({:?}) must be in namespace {namespace}",
+        sa.namespace
     );
+    for ds in manifests.daemon_sets() {
+        ensure!(
+            ds.metadata.namespace.as_deref() == Some(namespace),
+            "DaemonSet {:?} is in namespace {:?}, not {namespace}",
+            ds.metadata.name,
+            ds.metadata.namespace
+        );
+    }
     let binding = &manifests.binding;
     ensure!(
         binding.role_ref.kind == "ClusterRole"
@@ -1003,11 +1056,14 @@ fn check_rbac(manifests: &Manifests) -> Result<()> {
         "the ClusterRoleBinding must bind exactly ServiceAccount {namespace}/{sa_name}, got \
          {subjects:?}"
     );
-    let used = manifests.pod_spec()?.service_account_name.as_deref();
-    ensure!(
-        used == Some(sa_name),
-        "the DaemonSet runs as ServiceAccount {used:?}, not {sa_name}"
-    );
+    // The daemon and the collector both watch the API (the collector also Pods): one account.
+    for pod in manifests.pod_specs()? {
+        let used = pod.service_account_name.as_deref();
+        ensure!(
+            used == Some(sa_name),
+            "a DaemonSet runs as ServiceAccount {used:?}, not {sa_name}"
+        );
+    }
     Ok(())
 }
 
@@ -1017,7 +1073,13 @@ fn daemonset_runs_on_the_host_network_without_privileged_containers() -> Result<
 }
 
 fn check_pod_security(manifests: &Manifests) -> Result<()> {
-    let pod = manifests.pod_spec()?;
+    for pod in manifests.pod_specs()? {
+        check_pod_security_of(pod)?;
+    }
+    Ok(())
+}
+
+fn check_pod_security_of(pod: &PodSpec) -> Result<()> {
     ensure!(
         pod.host_network == Some(true),
         "hostNetwork must be true: the proxy address is the node's"
@@ -1085,6 +1147,130 @@ fn check_pod_security(manifests: &Manifests) -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_proxy_pod_drains_envoy_before_it_stops() -> Result<()> {
+    check_proxy_drain(&Manifests::load()?)
+}
+
+/// A container's pre-stop hook command.
+fn pre_stop(container: &Container) -> Result<Vec<String>> {
+    container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .with_context(|| format!("container {} has no pre-stop exec hook", container.name))
+}
+
+/// The value of `--name VALUE` or `--name=VALUE` in `args`.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let eq = format!("{name}=");
+    args.iter().enumerate().find_map(|(i, a)| {
+        if a == name {
+            args.get(i + 1).map(String::as_str)
+        } else {
+            a.strip_prefix(&eq)
+        }
+    })
+}
+
+/// The proxy pod's termination, which must fail no request: the daemon lives in another
+/// DaemonSet (updating it leaves Envoy alone); the collector's pre-stop hook drains Envoy
+/// (`redirector drain-proxy`, parsed by the real command line) through the admin address
+/// envoy.yaml sets, giving the daemon at least its lease to stop steering; Envoy's own hook
+/// waits for the drain's done file, on a volume both containers mount; Envoy tells every
+/// connection at once and writes its log out before the drain's last wait ends; and the
+/// grace period covers the whole drain.
+fn check_proxy_drain(manifests: &Manifests) -> Result<()> {
+    ensure!(
+        !std::ptr::eq(
+            manifests.pod_spec_of("redirector")?,
+            manifests.pod_spec_of("envoy")?
+        ),
+        "Envoy must not share the daemon's pod: updating one would restart the other"
+    );
+    let collector = manifests.container("collector")?;
+    let argv = pre_stop(collector)?;
+    ensure!(
+        argv.first().is_some_and(|a| a == "/usr/bin/redirector"),
+        "the collector's pre-stop hook must run the image's /usr/bin/redirector, got {argv:?}"
+    );
+    let cli = Cli::try_parse_from(&argv)
+        .map_err(|e| anyhow::anyhow!("the drain hook {argv:?} does not parse: {e}"))?;
+    let CliCommand::DrainProxy(drain) = cli.command else {
+        bail!("the collector's pre-stop hook must run `redirector drain-proxy`, got {argv:?}");
+    };
+    let admin = EnvoyBootstrap::load()?.admin()?;
+    ensure!(
+        drain.admin == admin,
+        "the drain talks to {}, Envoy's admin is at {admin} (envoy.yaml)",
+        drain.admin
+    );
+    let daemon = redirector_args(manifests)?;
+    ensure!(
+        drain.steering_grace >= daemon.ready_lease,
+        "the drain waits {:?} for steering to stop, but a lease lasts {:?} (--ready-lease): a \
+         daemon that is down would let the kernel steer to a draining Envoy",
+        drain.steering_grace,
+        daemon.ready_lease
+    );
+
+    let done = drain
+        .done_file
+        .clone()
+        .context("the drain must write --done-file, which Envoy's hook waits for")?;
+    let envoy = manifests.container("envoy")?;
+    let hook = pre_stop(envoy)?.join(" ");
+    ensure!(
+        hook.contains(&*done.to_string_lossy()),
+        "Envoy's pre-stop hook ({hook}) does not wait for the drain's {}",
+        done.display()
+    );
+    let written = mount_holding(collector, &done)
+        .with_context(|| format!("the collector mounts nothing at {}", done.display()))?;
+    let seen = mount_holding(envoy, &done)
+        .with_context(|| format!("Envoy mounts nothing at {}", done.display()))?;
+    ensure!(
+        written.name == seen.name && written.read_only != Some(true),
+        "the done file must be on one volume, writable by the collector and seen by Envoy"
+    );
+
+    let envoy_args = envoy.args.clone().unwrap_or_default();
+    ensure!(
+        flag(&envoy_args, "--drain-strategy") == Some("immediate"),
+        "Envoy must tell every connection at once when the drain starts (--drain-strategy \
+         immediate): the default spreads it over --drain-time-s"
+    );
+    let drain_time: u64 = flag(&envoy_args, "--drain-time-s")
+        .context("Envoy has no --drain-time-s")?
+        .parse()?;
+    ensure!(
+        Duration::from_secs(drain_time) <= drain.drain_timeout,
+        "Envoy's listeners drain for {drain_time} s, longer than the hook waits ({:?})",
+        drain.drain_timeout
+    );
+    let flush_ms: u64 = flag(&envoy_args, "--file-flush-interval-msec")
+        .context("Envoy has no --file-flush-interval-msec")?
+        .parse()?;
+    ensure!(
+        drain.log_flush_wait > Duration::from_millis(flush_ms),
+        "the drain ends {:?} after the last connection, but Envoy writes its log out every \
+         {flush_ms} ms: the collector would miss the last lines",
+        drain.log_flush_wait
+    );
+    let grace = manifests
+        .pod_spec_of("envoy")?
+        .termination_grace_period_seconds
+        .context("the proxy pod must set terminationGracePeriodSeconds (the default is 30 s)")?;
+    let needed = drain.steering_grace + drain.drain_timeout + drain.log_flush_wait;
+    ensure!(
+        Duration::from_secs(u64::try_from(grace)?) > needed,
+        "terminationGracePeriodSeconds {grace} does not cover the drain ({needed:?})"
+    );
+    Ok(())
+}
+
 /// A check of the deployment, on the files or on a rendering.
 type Check = fn(&Manifests) -> Result<()>;
 
@@ -1107,6 +1293,10 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "host network, no privileged container, least capabilities",
         check_pod_security,
+    ),
+    (
+        "the proxy pod drains Envoy before it stops",
+        check_proxy_drain,
     ),
 ];
 
@@ -1308,8 +1498,11 @@ fn kubectl_kustomize_renders_the_checked_deployment_with_the_image_set() -> Resu
     // Everything namespaced lands in the namespace.
     ensure!(
         rendered.service_account.metadata.namespace.as_deref() == Some(namespace)
-            && rendered.daemon_set.metadata.namespace.as_deref() == Some(namespace),
-        "the ServiceAccount and the DaemonSet must be rendered into {namespace}"
+            && rendered
+                .daemon_sets()
+                .iter()
+                .all(|ds| ds.metadata.namespace.as_deref() == Some(namespace)),
+        "the ServiceAccount and the DaemonSets must be rendered into {namespace}"
     );
     Ok(())
 }
@@ -1434,10 +1627,10 @@ fn the_cleanup_daemonset_detaches_what_the_redirector_pinned() -> Result<()> {
     );
     let rendered_image = |docs: &[Value], name: &str| -> Option<String> {
         docs.iter()
-            .find(|d| d["kind"] == "DaemonSet")
-            .and_then(|d| d.pointer("/spec/template/spec/containers"))
-            .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .filter(|d| d["kind"] == "DaemonSet")
+            .filter_map(|d| d.pointer("/spec/template/spec/containers"))
+            .filter_map(Value::as_array)
+            .find_map(|cs| cs.iter().find(|c| c["name"] == name))
             .and_then(|c| c["image"].as_str().map(str::to_owned))
     };
     let cleanup_image = rendered_image(&documents, "detach");

@@ -1,5 +1,6 @@
-//! `cargo xtask image`: the container image a cluster runs (`deploy/daemonset.yaml`), built
-//! offline as an OCI archive, `target/image/redirector-<version>.oci.tar`.
+//! `cargo xtask image`: the container image a cluster runs (`deploy/daemonset.yaml`, and the
+//! collector of `deploy/proxy-daemonset.yaml`), built offline as an OCI archive,
+//! `target/image/redirector-<version>.oci.tar`.
 //!
 //! No base image can be pulled here, and none is needed: the image is built FROM SCRATCH with
 //! Debian's `buildah` and holds only

@@ -55,6 +55,12 @@ impl Daemon {
         self.process.terminate()
     }
 
+    /// [`Daemon::stop`] keeping the handle (a world that starts the next daemon in its place,
+    /// as a rollout does).
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        self.process.terminate()
+    }
+
     /// Waits (at most `limit`) for the process to exit on its own, without signalling it.
     pub fn wait_exit(mut self, limit: Duration) -> Result<ExitStatus> {
         self.process.wait_exit(limit)

@@ -66,6 +66,17 @@ pub fn bootstrap(access_log: &Path) -> Result<String> {
 impl Envoy {
     /// Starts Envoy in `ns` and `cgroup` and waits until its admin says it is ready.
     pub fn start(ns: &Netns, cgroup: &Path) -> Result<Self> {
+        // Access log lines reach the file within 200ms instead of Envoy's default 10s.
+        Self::start_with(
+            ns,
+            cgroup,
+            &["--log-level", "error", "--file-flush-interval-msec", "200"].map(String::from),
+        )
+    }
+
+    /// [`Envoy::start`] with `args` after the lab's bootstrap (`-c`), such as the flags of the
+    /// proxy DaemonSet's container.
+    pub fn start_with(ns: &Netns, cgroup: &Path, args: &[String]) -> Result<Self> {
         let id = unique_id();
         let dir = std::env::temp_dir();
         let access_log = dir.join(format!("l7r-envoy-access-{id}.log"));
@@ -74,9 +85,9 @@ impl Envoy {
         let mut cmd = Command::new(binary()?);
         cmd.arg("-c")
             .arg(&config)
-            .args(["--log-level", "error", "--disable-hot-restart"])
-            // Access log lines reach the file within 200ms instead of Envoy's default 10s.
-            .args(["--file-flush-interval-msec", "200"])
+            // Tests may run two Envoys on one machine; hot restart would share memory.
+            .arg("--disable-hot-restart")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

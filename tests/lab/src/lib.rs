@@ -13,7 +13,10 @@
 //! - [`http`]: an HTTP/1.1 backend that records what it served, and a keep-alive client.
 //! - [`envoy`]: the real Envoy as the node proxy, with `deploy/envoy.yaml`.
 //! - [`manifests`]: Service manifests and the daemon's services file.
-//! - [`load`]: a steady load of new connections from the client pod, and what failed in it.
+//! - [`load`]: a steady load from the client pod (new connections, or keep-alive ones), and
+//!   what failed in it.
+//! - [`termination`]: the proxy pod's termination as `deploy/proxy-daemonset.yaml` and the
+//!   kubelet do it (pre-stop hooks, SIGTERM, grace period).
 //! - [`e2e`]: the end-to-end world: a Service behind a ClusterIP, Envoy and the daemon.
 //! - [`lab`]: the world: client, node and backend namespaces, cgroups, and the dataplane.
 //!
@@ -33,3 +36,4 @@ pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod sys;
+pub mod termination;

@@ -39,9 +39,30 @@ impl Load {
         rate: u32,
         workers: u32,
     ) -> Result<Self> {
+        Self::spawn(exe, lab, target, &["--rate", &rate.to_string()], workers)
+    }
+
+    /// Starts `exe` with `workers` keep-alive connections, each making requests back to back
+    /// and reconnecting only when the server closes the connection after a response.
+    pub fn start_keep_alive(
+        exe: &str,
+        lab: &Lab,
+        target: SocketAddr,
+        workers: u32,
+    ) -> Result<Self> {
+        Self::spawn(exe, lab, target, &["--keep-alive", "--rate", "0"], workers)
+    }
+
+    fn spawn(
+        exe: &str,
+        lab: &Lab,
+        target: SocketAddr,
+        mode: &[&str],
+        workers: u32,
+    ) -> Result<Self> {
         let mut cmd = Command::new(exe);
         cmd.args(["--target", &target.to_string()])
-            .args(["--rate", &rate.to_string()])
+            .args(mode)
             .args(["--workers", &workers.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

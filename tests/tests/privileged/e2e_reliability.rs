@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result, ensure};
 use l7r_lab::{
     daemon::eventually,
     e2e::{World, cluster, web_service},
+    envoy::Envoy,
     load::{Load, Report},
+    termination::ProxyPod,
 };
 
 use crate::{LOAD, REDIRECTOR as EXE};
@@ -150,5 +152,111 @@ fn a_stopped_envoy_is_given_up_within_a_check_and_taken_back_when_it_resumes() -
     })?;
     assert!(w.request("GET", "/after")?.via_envoy());
     eprintln!("a SIGSTOPped Envoy was given up after {detected:?}");
+    Ok(())
+}
+
+/// Keep-alive connections of the rollout tests: each makes requests back to back.
+const KEEP_ALIVE_WORKERS: u32 = 4;
+
+/// Replaces the world's Envoy with one run as the proxy DaemonSet runs it (its drain flags),
+/// and waits until the daemon steers to it.
+fn envoy_as_deployed(w: &mut World, pod: &ProxyPod) -> Result<()> {
+    w.envoy.stop()?;
+    w.envoy = Envoy::start_with(&w.lab.node_ns, &w.lab.proxy_cgroup, &pod.envoy_args)?;
+    eventually("steering to the new Envoy", Duration::from_secs(10), || {
+        Ok((steered_now(w)? && w.request("GET", "/")?.via_envoy()).then_some(()))
+    })
+}
+
+/// Envoy's rollout as the manifests do it: the proxy pod is terminated the way
+/// `deploy/proxy-daemonset.yaml` says (the collector's pre-stop hook drains Envoy, Envoy's
+/// waits for it, then SIGTERM), and a new Envoy starts once it is gone (maxUnavailable 1).
+/// Keep-alive connections making requests back to back through it lose nothing: each is
+/// closed by Envoy after a response, and its client's next connection goes direct.
+#[test]
+fn a_proxy_rollout_as_the_manifests_do_it_fails_no_request() -> Result<()> {
+    let pod = ProxyPod::from_manifest()?;
+    let mut w = world()?;
+    envoy_as_deployed(&mut w, &pod)?;
+    let load = Load::start_keep_alive(LOAD, &w.lab, cluster(), KEEP_ALIVE_WORKERS)?;
+    thread::sleep(Duration::from_secs(1));
+    let termination = pod.terminate(&mut w.envoy, &w.lab, EXE)?;
+    w.restart_envoy()?;
+    eventually("steering to the new Envoy", Duration::from_secs(10), || {
+        Ok(steered_now(&w)?.then_some(()))
+    })
+    .with_context(|| w.daemon.log())?;
+    thread::sleep(Duration::from_secs(1));
+    let report = load.finish()?;
+    eprintln!(
+        "proxy rollout (terminated in {:.1} s), {KEEP_ALIVE_WORKERS} keep-alive connections: {}\n\
+         drain hook: {}",
+        termination.took.as_secs_f64(),
+        report.summary(),
+        termination.drain_output.trim()
+    );
+    ensure!(
+        report.failed().is_empty(),
+        "a drained rollout failed requests: {}\ndrain hook: {}\ndaemon: {}",
+        report.summary(),
+        termination.drain_output,
+        w.daemon.log()
+    );
+    ensure!(
+        report.via_envoy() > 0 && report.direct() > 0,
+        "the load should have gone through Envoy, then direct once Envoy closed the \
+         connections: {}",
+        report.summary()
+    );
+    ensure!(
+        termination.drain_output.contains("connections left: 0"),
+        "Envoy closed every connection before it stopped: {}",
+        termination.drain_output
+    );
+    ensure!(
+        w.request("GET", "/")?.via_envoy(),
+        "a new connection goes through the new Envoy"
+    );
+    Ok(())
+}
+
+/// The daemon's rollout as the manifests do it (its DaemonSet has no pre-stop hook: SIGTERM,
+/// then the new pod): Envoy is in another pod and stays, so keep-alive connections through it
+/// are never reset (every request answered, through Envoy), and new connections made during
+/// the update are steered as before (the lease outlives the restart) or go direct; none fails.
+#[test]
+fn a_daemon_update_fails_no_request_and_resets_no_proxied_connection() -> Result<()> {
+    let mut w = world()?;
+    let kept = Load::start_keep_alive(LOAD, &w.lab, cluster(), KEEP_ALIVE_WORKERS)?;
+    let fresh = Load::start(LOAD, &w.lab, cluster(), 200, WORKERS)?;
+    thread::sleep(Duration::from_secs(1));
+    w.daemon.terminate()?;
+    w.restart_daemon(EXE)?;
+    eventually("the new daemon's lease", Duration::from_secs(10), || {
+        Ok(steered_now(&w)?.then_some(()))
+    })
+    .with_context(|| w.daemon.log())?;
+    thread::sleep(Duration::from_secs(1));
+    let (kept, fresh) = (kept.finish()?, fresh.finish()?);
+    eprintln!(
+        "daemon update: keep-alive {}; new connections {}",
+        kept.summary(),
+        fresh.summary()
+    );
+    ensure!(
+        kept.failed().is_empty() && kept.via_envoy() == kept.sent() && kept.sent() > 0,
+        "a proxied keep-alive connection was disturbed by the daemon's update: {}",
+        kept.summary()
+    );
+    ensure!(
+        fresh.failed().is_empty(),
+        "a new connection failed during the daemon's update: {}",
+        fresh.summary()
+    );
+    ensure!(
+        fresh.via_envoy() > 0,
+        "new connections were steered: {}",
+        fresh.summary()
+    );
     Ok(())
 }

@@ -568,21 +568,28 @@ fn the_daemonset_runs_the_daemon_as_root_and_the_collector_as_the_images_user() 
         .run_config("User")
         .as_str()
         .context("the image names no user")?;
-    let path = workspace().join("deploy/daemonset.yaml");
-    let text = fs::read_to_string(&path)?;
-    let daemon_set = redirector::k8s::yaml::documents(&text)?
-        .into_iter()
-        .next()
-        .context("deploy/daemonset.yaml is empty")?;
-    let containers = daemon_set
-        .pointer("/spec/template/spec/containers")
-        .and_then(Value::as_array)
-        .context("the DaemonSet has no containers")?;
+    // The daemon's DaemonSet, and the proxy's, whose collector runs the same image.
+    let mut containers = Vec::new();
+    for file in ["deploy/daemonset.yaml", "deploy/proxy-daemonset.yaml"] {
+        let text = fs::read_to_string(workspace().join(file))?;
+        let daemon_set = redirector::k8s::yaml::documents(&text)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{file} is empty"))?;
+        containers.extend(
+            daemon_set
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .with_context(|| format!("{file} has no containers"))?
+                .iter()
+                .cloned(),
+        );
+    }
     let security = |name: &str| -> Result<&Value> {
         let container = containers
             .iter()
             .find(|c| c["name"] == name)
-            .with_context(|| format!("the DaemonSet has no container {name}"))?;
+            .with_context(|| format!("no DaemonSet has a container {name}"))?;
         Ok(&container["securityContext"])
     };
     // The daemon: root for its capabilities, which the image's default user would not have.
@@ -597,6 +604,17 @@ fn the_daemonset_runs_the_daemon_as_root_and_the_collector_as_the_images_user() 
         format!("{}:{}", collector["runAsUser"], collector["runAsGroup"]) == user
             && collector["runAsNonRoot"] == true,
         "the collector must run as the image's user {user} with runAsNonRoot, got {collector}"
+    );
+    // Its pre-stop hook (the drain) runs the image's binary, as that user.
+    let hook = containers
+        .iter()
+        .find(|c| c["name"] == "collector")
+        .and_then(|c| c.pointer("/lifecycle/preStop/exec/command/0"))
+        .and_then(Value::as_str)
+        .context("the collector has no pre-stop hook")?;
+    ensure!(
+        image.rootfs().join(hook.trim_start_matches('/')).is_file(),
+        "the collector's pre-stop hook runs {hook}, which the image does not have"
     );
     Ok(())
 }
