@@ -115,7 +115,18 @@ fn request(target: SocketAddr, host: &str) -> io::Result<bool> {
         format!("GET /load HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+    if let Err(e) = stream.read_to_end(&mut response) {
+        // Say how far the answer got: nothing, or a response whose connection was not closed.
+        let first = response.split(|b| *b == b'\n').next().unwrap_or_default();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{e} after {} bytes ({:?})",
+                response.len(),
+                String::from_utf8_lossy(first).trim()
+            ),
+        ));
+    }
     let mut lines = io::BufReader::new(&response[..]).lines();
     let status = lines.next().transpose()?.unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
