@@ -76,6 +76,25 @@ pub enum DrainError {
 /// How often to look at Envoy's connection count while it drains.
 const POLL: Duration = Duration::from_millis(200);
 
+/// At most this long for one admin call: a hung Envoy must not hold the hook (and the pod's
+/// termination) until the grace period runs out.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One admin call within [`ADMIN_TIMEOUT`].
+async fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<envoy_admin::AdminResponse, String> {
+    tokio::time::timeout(ADMIN_TIMEOUT, envoy_admin::request(admin, method, path))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "admin {admin} did not answer within {ADMIN_TIMEOUT:?}"
+            ))
+        })
+}
+
 /// Runs the drain (see the module's documentation).
 pub async fn drain(opts: &DrainOptions) -> Result<DrainReport, DrainError> {
     let started = Instant::now();
@@ -94,23 +113,20 @@ pub async fn drain(opts: &DrainOptions) -> Result<DrainReport, DrainError> {
     .await?;
     let deadline = Instant::now() + opts.drain_timeout;
     let connections_left = loop {
-        let open =
-            match envoy_admin::request(opts.admin, "GET", "/stats?filter=downstream_cx_active")
-                .await
-            {
-                Ok(answer) if answer.status == 200 => active_connections(&answer.body),
-                // Envoy gone (killed, or exited on its own): nothing is left to drain.
-                Err(e) => {
-                    warn!(error = %e, "Envoy's admin stopped answering during the drain");
-                    0
-                }
-                Ok(answer) => {
-                    return Err(DrainError::Admin {
-                        what: "read Envoy's connection count",
-                        why: format!("status {}", answer.status),
-                    });
-                }
-            };
+        let open = match admin_call(opts.admin, "GET", "/stats?filter=downstream_cx_active").await {
+            Ok(answer) if answer.status == 200 => active_connections(&answer.body),
+            // Envoy gone (killed, or exited on its own) or hung: nothing more will drain.
+            Err(e) => {
+                warn!(error = %e, "Envoy's admin stopped answering during the drain");
+                0
+            }
+            Ok(answer) => {
+                return Err(DrainError::Admin {
+                    what: "read Envoy's connection count",
+                    why: format!("status {}", answer.status),
+                });
+            }
+        };
         if open == 0 || Instant::now() >= deadline {
             break open;
         }
@@ -140,7 +156,7 @@ pub async fn drain(opts: &DrainOptions) -> Result<DrainReport, DrainError> {
 }
 
 async fn post(admin: SocketAddr, path: &str, what: &'static str) -> Result<(), DrainError> {
-    match envoy_admin::request(admin, "POST", path).await {
+    match admin_call(admin, "POST", path).await {
         Ok(answer) if answer.status == 200 => Ok(()),
         Ok(answer) => Err(DrainError::Admin {
             what,
@@ -277,6 +293,18 @@ listener.admin.main_thread.downstream_cx_active: 1
             report.drained_in >= Duration::from_millis(300),
             "{report:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_hung_admin_ends_the_hook_within_the_call_timeout() {
+        // Accepted by the kernel's queue, never read: a stopped Envoy.
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let started = std::time::Instant::now();
+        let err = drain(&options(hung.local_addr().unwrap(), None))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        assert!(started.elapsed() < ADMIN_TIMEOUT * 2, "{:?}", started.elapsed());
     }
 
     #[tokio::test]
