@@ -394,6 +394,30 @@ pub struct CollectArgs {
     /// How often to log a summary of what was read, skipped and emitted.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub summary_interval: Duration,
+    /// Serve Prometheus metrics on this address (`/metrics`, and `/healthz`), such as
+    /// `0.0.0.0:15020`; off by default. They are Istio's standard metrics with Istio's names,
+    /// buckets and labels, updated per access log entry, so Istio's dashboards, alerts and
+    /// Kiali's queries work unchanged: `istio_requests_total`,
+    /// `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`
+    /// for HTTP requests, and `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`,
+    /// `istio_tcp_connections_opened_total`, `istio_tcp_connections_closed_total` for other
+    /// connections. Labels are `reporter="source"`, the source and destination workloads
+    /// (owner name without the pod-template hash), namespaces, `app`/`version` labels and the
+    /// destination Service (`destination_service` is `NAME.NAMESPACE.svc.cluster.local`),
+    /// `request_protocol`, `response_code`, `response_flags` and the rest of Istio's set;
+    /// what is not known is `unknown`. There is no path label unless
+    /// --metrics-route-label. With --collect-logs Disabled nothing is read or served.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Add a `route` label to the HTTP metrics: the request path without query string, with
+    /// numbers, UUIDs and long hexadecimal segments replaced by `{id}` (`/users/123` gives
+    /// `/users/{id}`). Each route is a set of series of its own: mind --metrics-max-routes.
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_route_label: bool,
+    /// With --metrics-route-label, at most this many distinct routes; the requests of later
+    /// ones are counted with `route="other"` (and a warning says so, once).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub metrics_max_routes: usize,
     /// Log format (the collector's own logs, on stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -436,6 +460,10 @@ impl CollectArgs {
             host_addresses: self.host_addresses.clone(),
             poll_interval: self.poll_interval,
             summary_interval: self.summary_interval,
+            metrics: self.metrics_addr.map(|addr| collector::MetricsOptions {
+                addr,
+                max_routes: self.metrics_route_label.then_some(self.metrics_max_routes),
+            }),
         })
     }
 }

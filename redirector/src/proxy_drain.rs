@@ -304,7 +304,11 @@ listener.admin.main_thread.downstream_cx_active: 1
             .await
             .unwrap_err();
         assert!(err.to_string().contains("did not answer"), "{err}");
-        assert!(started.elapsed() < ADMIN_TIMEOUT * 2, "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < ADMIN_TIMEOUT * 2,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

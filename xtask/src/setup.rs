@@ -30,6 +30,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "curl",
     "buildah",
+    // The Prometheus server and `promtool`: the metrics test of `redirector collect` runs its
+    // own `prometheus` (own config, storage in a temp dir, a loopback port) and never the
+    // packaged service, which hosts with systemd start on :9090 and containers do not.
+    "prometheus",
 ];
 
 /// Debian packages the kernel matrix (`cargo xtask vm-test`) uses, installed without their

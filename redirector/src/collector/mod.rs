@@ -17,12 +17,16 @@
 //! - [`names`]: naming addresses after Pods, Services and the host (pure).
 //! - [`request`]: an entry as an aggregation key and measure (pure).
 //! - [`aggregate`]: per-interval records, the `logRequestsPerInterval` cap (pure).
+//! - [`istio`]: an entry as the labels of Istio's metrics, and the route label (pure).
+//! - [`exporter`]: Istio's metrics, per entry, served on `--metrics-addr`.
 //! - [`host`]: this node's name and addresses.
 
 pub mod aggregate;
 pub mod config;
+pub mod exporter;
 pub mod follow;
 pub mod host;
+pub mod istio;
 pub mod names;
 pub mod parse;
 pub mod request;
@@ -30,7 +34,7 @@ pub mod request;
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write as _},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -47,6 +51,7 @@ use tracing::{debug, info, warn};
 use self::{
     aggregate::{Aggregator, Interval, Record},
     config::{CollectLogs, LogCollection},
+    exporter::{IstioMetrics, Recorder},
     follow::{FollowStats, Follower},
     names::NameIndex,
 };
@@ -79,6 +84,17 @@ pub struct CollectOptions {
     pub poll_interval: Duration,
     /// How often to log a summary.
     pub summary_interval: Duration,
+    /// Serve Istio's metrics, if asked for.
+    pub metrics: Option<MetricsOptions>,
+}
+
+/// `--metrics-addr` and its companions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// Where `/metrics` is served.
+    pub addr: SocketAddr,
+    /// Add a `route` label with at most this many distinct values.
+    pub max_routes: Option<usize>,
 }
 
 /// Runs the collector until SIGTERM or SIGINT.
@@ -103,6 +119,18 @@ pub async fn run(opts: CollectOptions) -> Result<()> {
     });
     host_addresses.extend(&opts.host_addresses);
     let mut output = Output::open(opts.output.as_deref())?;
+    // Bound before anything else starts, so that a busy address fails the start.
+    let (recorder, _server) = match &opts.metrics {
+        Some(m) => {
+            let listener = tokio::net::TcpListener::bind(m.addr)
+                .await
+                .with_context(|| format!("cannot listen on --metrics-addr {}", m.addr))?;
+            let metrics = Arc::new(IstioMetrics::new());
+            let server = AbortOnDrop(exporter::serve(listener, metrics.clone()));
+            (Some(Recorder::new(metrics, m.max_routes)), Some(server))
+        }
+        None => (None, None),
+    };
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
     let _sources = sources::start(
@@ -125,6 +153,7 @@ pub async fn run(opts: CollectOptions) -> Result<()> {
     );
 
     let mut collector = Collector::new(&config, host, host_addresses);
+    collector.metrics = recorder;
     let mut poll = tokio::time::interval(opts.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval_at(Instant::now() + config.interval(), config.interval());
@@ -192,6 +221,8 @@ struct Collector {
     reported: Tally,
     last_read_error: Option<String>,
     lines: Vec<String>,
+    /// Istio's metrics, with `--metrics-addr`.
+    metrics: Option<Recorder>,
 }
 
 impl Collector {
@@ -208,6 +239,7 @@ impl Collector {
             reported: Tally::default(),
             last_read_error: None,
             lines: Vec::new(),
+            metrics: None,
         }
     }
 
@@ -255,6 +287,9 @@ impl Collector {
             }
             match parse::parse_line(line) {
                 Ok(entry) => {
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.record(&entry, &self.names);
+                    }
                     let (key, measure) = request::request(&entry, &self.names);
                     self.aggregator.add(key, measure);
                     self.counters.requests += 1;
@@ -346,6 +381,15 @@ impl Output {
             Self::Stdout => "cannot write the records to stdout".to_string(),
             Self::File { path, .. } => format!("cannot write the records to {}", path.display()),
         })
+    }
+}
+
+/// Stops the metrics server when the collector stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -45,6 +45,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 
 use crate::k8s::{
     service::{self, ServiceRef},
+    sources::kube::POD_LABELS_KEPT,
     store::ObjectStore,
 };
 
@@ -121,10 +122,27 @@ pub struct Destination {
     pub service: Option<ServicePort>,
 }
 
+/// The workload a Pod belongs to, as Istio's metrics name it (`*_workload`, `*_app`,
+/// `*_version`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// The controlling owner's name with the pod-template hash removed ([`workload_name`]).
+    pub name: String,
+    /// The Pod's namespace.
+    pub namespace: String,
+    /// The `app` label (else `app.kubernetes.io/name`), when the store kept labels.
+    pub app: Option<String>,
+    /// The `version` label (else `app.kubernetes.io/version`), when the store kept labels.
+    pub version: Option<String>,
+}
+
 /// Lookups from addresses to names, built from one state of the store.
 #[derive(Debug, Default)]
 pub struct NameIndex {
     pods: HashMap<IpAddr, EndpointName>,
+    /// Pod endpoints (aggregated name, namespace) → their workload. Pods with one aggregated
+    /// name have one owner, hence one workload.
+    workloads: HashMap<(String, String), Workload>,
     host: HashSet<IpAddr>,
     /// Service front ends (ClusterIP and the like, with the Service port) → the Service and
     /// the endpoint standing for its backends.
@@ -139,6 +157,7 @@ impl NameIndex {
         let pods = index_pods(store.pods());
         let mut index = Self {
             host: host_addresses.iter().map(|ip| ip.to_canonical()).collect(),
+            workloads: index_workloads(store.pods()),
             ..Self::default()
         };
         let mut backends: HashMap<ServiceRef, Vec<EndpointName>> = HashMap::new();
@@ -207,6 +226,17 @@ impl NameIndex {
         }
     }
 
+    /// The workload of a Pod endpoint (from [`Self::source`] or [`Self::destination`]);
+    /// `None` for anything that is not one workload's Pods.
+    pub fn workload(&self, endpoint: &EndpointName) -> Option<&Workload> {
+        if endpoint.kind != EndpointType::Wep {
+            return None;
+        }
+        // A lookup by a borrowed pair would need a second map type; this runs once per entry.
+        self.workloads
+            .get(&(endpoint.name_aggr.clone(), endpoint.namespace.clone()))
+    }
+
     /// The source of a request (Envoy's `downstream_remote_address`).
     pub fn source(&self, ip: Option<IpAddr>) -> EndpointName {
         match ip {
@@ -252,6 +282,68 @@ pub fn aggregated_pod_name(pod: &Pod) -> String {
         Some(o) => format!("{}-*", o.name),
         None => pod.metadata.name.clone().unwrap_or_else(|| NONE.into()),
     }
+}
+
+/// A Pod's workload name, as Istio derives it: the controlling owner (else the first) with
+/// what its controller appended removed: a ReplicaSet's pod-template hash (`web-7d9f8c6b5`
+/// of Deployment `web` gives `web`) and a CronJob's Job suffix (`backup-29040480` gives
+/// `backup`). Other owners (StatefulSet, DaemonSet, a bare ReplicaSet whose last part is not a
+/// hash) are the workload; a Pod without owner is its own workload.
+pub fn workload_name(pod: &Pod) -> Option<String> {
+    let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
+    let Some(owner) = owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first())
+    else {
+        return pod.metadata.name.clone();
+    };
+    let name = owner.name.as_str();
+    let stripped = match (owner.kind.as_str(), name.rsplit_once('-')) {
+        ("ReplicaSet", Some((base, hash))) if !base.is_empty() && is_template_hash(hash) => base,
+        ("Job", Some((base, stamp)))
+            if !base.is_empty()
+                && !stamp.is_empty()
+                && stamp.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
+        _ => name,
+    };
+    Some(stripped.to_string())
+}
+
+/// Whether `s` can be a pod-template hash: up to 10 characters of the alphabet Kubernetes
+/// encodes it with (`rand.SafeEncodeString`: no vowels, no 0, 1 or 3), so that a ReplicaSet
+/// named `web-api` keeps its name.
+fn is_template_hash(s: &str) -> bool {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (1..=10).contains(&s.len()) && s.bytes().all(|b| ALPHABET.contains(&b))
+}
+
+/// The first of `keys` among a Pod's labels.
+fn label(pod: &Pod, keys: &[&str]) -> Option<String> {
+    let labels = pod.metadata.labels.as_ref()?;
+    keys.iter().find_map(|k| labels.get(*k)).cloned()
+}
+
+/// Workloads by the aggregated name and namespace of their Pods.
+fn index_workloads<'a>(pods: impl Iterator<Item = &'a Pod>) -> HashMap<(String, String), Workload> {
+    let mut out = HashMap::new();
+    for pod in pods {
+        let (Some(name), Some(namespace)) = (workload_name(pod), pod.metadata.namespace.clone())
+        else {
+            continue;
+        };
+        out.entry((aggregated_pod_name(pod), namespace.clone()))
+            .or_insert_with(|| Workload {
+                name,
+                namespace,
+                app: label(pod, &POD_LABELS_KEPT[..2]),
+                version: label(pod, &POD_LABELS_KEPT[2..]),
+            });
+    }
+    out
 }
 
 /// Whether an address is not on the public internet (the reference product's `pvt`).
@@ -599,5 +691,80 @@ status: {phase: Succeeded, podIP: 10.244.1.9}
         ] {
             assert!(!is_private(public.parse().unwrap()), "{public}");
         }
+    }
+
+    #[test]
+    fn workload_names_drop_what_controllers_append() {
+        let pod = |owners: &str| -> Pod {
+            let m = manifests::parse(
+                &format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: p-x1, namespace: shop, ownerReferences: [{owners}]}}\n"
+                ),
+                Kinds::COLLECTOR,
+            )
+            .unwrap();
+            m.pods.into_iter().next().unwrap()
+        };
+        let owner = |kind: &str, name: &str| {
+            format!("{{apiVersion: v1, kind: {kind}, name: {name}, uid: u, controller: true}}")
+        };
+        for (kind, name, want) in [
+            ("ReplicaSet", "web-7d9f8c6b5", "web"),
+            ("ReplicaSet", "my-web-5f7c9", "my-web"),
+            ("ReplicaSet", "web-api", "web-api"),
+            ("ReplicaSet", "web", "web"),
+            ("Job", "backup-29040480", "backup"),
+            ("Job", "migrate-v2", "migrate-v2"),
+            ("StatefulSet", "db-7d9f8", "db-7d9f8"),
+            ("DaemonSet", "agent", "agent"),
+        ] {
+            assert_eq!(
+                workload_name(&pod(&owner(kind, name))).as_deref(),
+                Some(want),
+                "{kind} {name}"
+            );
+        }
+        assert_eq!(workload_name(&pod("")).as_deref(), Some("p-x1"), "no owner");
+    }
+
+    #[test]
+    fn pod_endpoints_have_workloads() {
+        let labelled = "---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api-6b8d5-x7k2p
+  namespace: shop
+  labels: {app: api, version: v2}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: api-6b8d5, uid: u9, controller: true}]
+status: {phase: Running, podIP: 10.244.1.20}
+";
+        let index = NameIndex::build(&store(&format!("{WORLD}{labelled}")), &HOST);
+        let workload = |name: &str, app: Option<&str>, version: Option<&str>| Workload {
+            name: name.into(),
+            namespace: "shop".into(),
+            app: app.map(Into::into),
+            version: version.map(Into::into),
+        };
+        assert_eq!(
+            index.workload(&index.source(ip("10.244.1.20"))),
+            Some(&workload("api", Some("api"), Some("v2")))
+        );
+        assert_eq!(
+            index.workload(&index.source(ip("10.244.1.7"))),
+            Some(&workload("frontend", None, None))
+        );
+        let through_service = index.destination(sa("10.96.0.10:80")).endpoint;
+        assert_eq!(
+            index.workload(&through_service),
+            Some(&workload("web", None, None)),
+            "the Service's backends are one Deployment's Pods"
+        );
+        assert_eq!(
+            index.workload(&index.source(ip("192.168.0.10"))),
+            None,
+            "the host"
+        );
+        assert_eq!(index.workload(&EndpointName::unknown()), None);
     }
 }

@@ -34,6 +34,9 @@ pub struct Entry {
     pub protocol: Option<String>,
     /// `response_code`; 0 when there was no response.
     pub response_code: u16,
+    /// `response_flags` (Envoy's `%RESPONSE_FLAGS%`, such as `UF,URX`); `None` when Envoy
+    /// logged `-` (no flags).
+    pub response_flags: Option<String>,
     /// `duration`, in milliseconds.
     pub duration_ms: u64,
     /// `upstream_service_time` (the `x-envoy-upstream-service-time` header), in milliseconds.
@@ -104,6 +107,7 @@ pub fn parse_line(line: &str) -> Result<Entry, ParseError> {
                 field: "response_code",
                 value: f.raw("response_code"),
             })?,
+        response_flags: f.text("response_flags"),
         duration_ms: f.number("duration")?.unwrap_or(0),
         upstream_service_time_ms: f.number("upstream_service_time")?,
         bytes_received: f.number("bytes_received")?.unwrap_or(0),
@@ -179,6 +183,7 @@ mod tests {
         assert_eq!(e.path.as_deref(), Some("/a?x=1"));
         assert_eq!(e.protocol.as_deref(), Some("HTTP/1.1"));
         assert_eq!(e.response_code, 200);
+        assert_eq!(e.response_flags, None, "`-`: no flags");
         assert_eq!(e.duration_ms, 3);
         assert_eq!(e.upstream_service_time_ms, Some(1));
         assert_eq!((e.bytes_received, e.bytes_sent), (0, 43));
@@ -205,10 +210,11 @@ mod tests {
 
     #[test]
     fn lenient_where_envoy_varies() {
-        let line = r#"{"type":"http","duration":"7","response_code":"503","bytes_sent":"-","user_agent":"-","downstream_remote_address":"/run/envoy.sock"}"#;
+        let line = r#"{"type":"http","duration":"7","response_code":"503","response_flags":"UF,URX","bytes_sent":"-","user_agent":"-","downstream_remote_address":"/run/envoy.sock"}"#;
         let e = parse_line(line).unwrap();
         assert_eq!(e.duration_ms, 7);
         assert_eq!(e.response_code, 503);
+        assert_eq!(e.response_flags.as_deref(), Some("UF,URX"));
         assert_eq!(e.bytes_sent, 0);
         assert_eq!(e.user_agent, None);
         assert_eq!(e.source, None, "a Unix socket has no address");

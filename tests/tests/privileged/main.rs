@@ -23,6 +23,7 @@ mod daemon_kube;
 mod datapath;
 mod e2e_collector;
 mod e2e_envoy;
+mod e2e_metrics;
 mod e2e_reliability;
 mod image;
 

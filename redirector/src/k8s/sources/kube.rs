@@ -92,8 +92,18 @@ pub fn start(
     tasks
 }
 
+/// The Pod labels that naming reads (Istio's `*_app` and `*_version` metric labels); every
+/// other label is dropped from the store.
+pub const POD_LABELS_KEPT: [&str; 4] = [
+    "app",
+    "app.kubernetes.io/name",
+    "version",
+    "app.kubernetes.io/version",
+];
+
 /// The parts of a Pod that naming reads: namespace, name, owners, host networking, phase and
-/// addresses. Everything else (containers, volumes, conditions, managed fields) is dropped.
+/// addresses, and the labels in [`POD_LABELS_KEPT`]. Everything else (containers, volumes,
+/// conditions, managed fields, other labels) is dropped.
 pub fn slim_pod(pod: Pod) -> Pod {
     let Pod {
         metadata,
@@ -105,6 +115,15 @@ pub fn slim_pod(pod: Pod) -> Pod {
     slim.metadata.name = metadata.name;
     slim.metadata.namespace = metadata.namespace;
     slim.metadata.owner_references = metadata.owner_references;
+    slim.metadata.labels = metadata
+        .labels
+        .map(|labels| {
+            labels
+                .into_iter()
+                .filter(|(k, _)| POD_LABELS_KEPT.contains(&k.as_str()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        })
+        .filter(|kept| !kept.is_empty());
     slim.spec = spec.map(|s| PodSpec {
         host_network: s.host_network,
         node_name: s.node_name,
@@ -222,7 +241,7 @@ mod tests {
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "web-5f7c9-x2x7q", "namespace": "shop",
-                "labels": {"app": "web"},
+                "labels": {"app": "web", "pod-template-hash": "5f7c9", "team": "shop"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                                      "name": "web-5f7c9", "uid": "u1", "controller": true}],
                 "managedFields": [{"manager": "kubelet"}]
@@ -241,7 +260,12 @@ mod tests {
             slim.metadata.owner_references.as_ref().map(Vec::len),
             Some(1)
         );
-        assert!(slim.metadata.labels.is_none() && slim.metadata.managed_fields.is_none());
+        assert_eq!(
+            slim.metadata.labels,
+            Some([("app".to_string(), "web".to_string())].into()),
+            "only the labels naming reads"
+        );
+        assert!(slim.metadata.managed_fields.is_none());
         let spec = slim.spec.unwrap();
         assert_eq!(spec.host_network, Some(false));
         assert!(spec.containers.is_empty());
