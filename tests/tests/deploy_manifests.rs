@@ -956,6 +956,19 @@ fn check_collector_args(manifests: &Manifests) -> Result<()> {
         matches!(args.source.source(), Source::Kube(None)),
         "the collector must use the in-cluster API (no --services-file or --kubeconfig)"
     );
+    // Its metrics port is declared, so a PodMonitor or a scrape config can name it.
+    if let Some(metrics) = args.metrics_addr {
+        let declared = collector
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| i64::from(p.container_port) == i64::from(metrics.port()));
+        ensure!(
+            declared,
+            "the collector serves metrics on {metrics} but declares no containerPort {}",
+            metrics.port()
+        );
+    }
     let node_name = collector
         .env
         .iter()
