@@ -1,4 +1,4 @@
-//! The command line: `redirector run | status | detach | collect | drain-proxy`, every flag of every
+//! The command line: `redirector run | status | detach | collect | observe | drain-proxy`, every flag of every
 //! subcommand in one place. The flags are a contract (see docs/design.md): users, scripts and
 //! tests rely on them exactly. Each subcommand's flags turn into the options of the module that
 //! does the work (`daemon`, `collector`, `status`, `dataplane`), which know nothing of clap.
@@ -22,6 +22,7 @@ use crate::{
     daemon::{self, RunOptions},
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
     k8s::{service::DEFAULT_ANNOTATION, sources::Source},
+    observe::{self, ObserveOptions, filter::FilterSet, render::Output},
     proxy_config::{
         DEFAULT_PROXY_PORT, DEFAULT_PROXY_PORTS, ProxyConfigError, parse_mark, resolve_proxies,
     },
@@ -41,6 +42,15 @@ pub fn run() -> Result<()> {
             telemetry::init(args.log_format);
             let options = args.options()?;
             runtime()?.block_on(collector::run(options))
+        }
+        Command::Observe(args) => {
+            telemetry::init(LogFormat::Text);
+            let argv: Vec<String> = std::env::args()
+                .skip_while(|a| a != "observe")
+                .skip(1)
+                .collect();
+            let options = args.options(&argv)?;
+            runtime()?.block_on(observe::run(options))
         }
         Command::DrainProxy(args) => {
             telemetry::init(args.log_format);
@@ -163,6 +173,81 @@ pub enum Command {
     /// connections close after their current response, HTTP/2 ones get GOAWAY), and wait for
     /// its connections to finish. The proxy DaemonSet runs it as a pre-stop hook.
     DrainProxy(DrainProxyArgs),
+    /// Show the requests this node's Envoy logged, named and filtered the way `hubble observe`
+    /// does: the last ones (`--last`), then new ones as they come (`--follow`). A filter flag
+    /// given twice matches either value; different filter flags must all match; `--not`
+    /// before a filter flag excludes what it matches instead. Example: `redirector observe
+    /// --to-service shop/web --http-status 5+ --not --http-path '^/health' --follow`.
+    Observe(Box<ObserveArgs>),
+}
+
+/// `redirector observe` flags. The filter flags are read in their order on the command line
+/// (`--not` applies to the next one), by [`FilterSet::parse`].
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    /// Envoy's JSON access log (the collector's `--access-log`).
+    #[arg(long, default_value = DEFAULT_ACCESS_LOG, value_name = "PATH")]
+    pub access_log: PathBuf,
+    /// Where the Services, EndpointSlices and Pods that name both ends come from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Print addresses only: no API, no services file.
+    #[arg(long, conflicts_with_all = ["services_file", "kubeconfig"])]
+    pub no_names: bool,
+    /// How long to wait for the names before printing.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
+    /// Only HTTP requests with this status, or status prefix: `404`, `5+` (every 5xx).
+    #[arg(long, value_name = "CODE", help_heading = "Filters")]
+    pub http_status: Vec<String>,
+    /// Only HTTP requests with this method.
+    #[arg(long, value_name = "METHOD", help_heading = "Filters")]
+    pub http_method: Vec<String>,
+    /// Only HTTP requests whose path (query string included) this regular expression matches.
+    #[arg(long, value_name = "REGEX", help_heading = "Filters")]
+    pub http_path: Vec<String>,
+    /// Only requests from Pods whose name starts with NAME (as L7 records aggregate it: the
+    /// owner's name), in NAMESPACE if given.
+    #[arg(long, value_name = "[NAMESPACE/]NAME", help_heading = "Filters")]
+    pub from_pod: Vec<String>,
+    /// Only requests to Pods whose name starts with NAME, in NAMESPACE if given.
+    #[arg(long, value_name = "[NAMESPACE/]NAME", help_heading = "Filters")]
+    pub to_pod: Vec<String>,
+    /// Only requests to this Service (its ClusterIP or another of its addresses).
+    #[arg(long, value_name = "[NAMESPACE/]NAME", help_heading = "Filters")]
+    pub to_service: Vec<String>,
+    /// Only requests with either end in this namespace.
+    #[arg(long, value_name = "NAMESPACE", help_heading = "Filters")]
+    pub namespace: Vec<String>,
+    /// Exclude what the next filter flag matches.
+    #[arg(long, action = clap::ArgAction::Count, help_heading = "Filters")]
+    pub not: u8,
+    /// How to print each request.
+    #[arg(long, short, value_enum, default_value_t = Output::Compact)]
+    pub output: Output,
+    /// How many of the requests already logged to print first [default: 20, or 0 with
+    /// --follow].
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Go on printing new requests until interrupted.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+impl ObserveArgs {
+    /// The options, with the filters read from `argv` (this process's arguments after
+    /// `observe`, in order).
+    pub fn options(&self, argv: &[String]) -> Result<ObserveOptions> {
+        Ok(ObserveOptions {
+            access_log: self.access_log.clone(),
+            source: (!self.no_names).then(|| self.source.source()),
+            sync_timeout: self.sync_timeout,
+            filters: FilterSet::parse(argv)?,
+            output: self.output,
+            last: self.last.unwrap_or(if self.follow { 0 } else { 20 }),
+            follow: self.follow,
+        })
+    }
 }
 
 /// `redirector drain-proxy` flags.

@@ -7,6 +7,7 @@
 //! - [`daemon`]: `redirector run`, wiring the daemon's pieces together.
 //! - [`collector`]: `redirector collect`, Envoy's access log aggregated into L7 records. It
 //!   depends on [`k8s`] only.
+//! - [`observe`]: `redirector observe`, the same log as a live, filtered tail of requests.
 //!
 //! Kubernetes, with no kernel in sight:
 //! - [`k8s`]: the Service model (front ends, endpoints, the annotation), the object store, and
@@ -44,6 +45,7 @@ pub mod fs_type;
 pub mod health;
 pub mod k8s;
 pub mod metrics;
+pub mod observe;
 pub mod proxy_config;
 pub mod proxy_drain;
 pub mod reconcile;

@@ -26,6 +26,8 @@ pub enum Kind {
 pub struct Entry {
     /// HTTP request or TCP connection.
     pub kind: Kind,
+    /// `start_time`, as Envoy wrote it (`%START_TIME%`, RFC 3339 in UTC).
+    pub start_time: Option<String>,
     /// `method`.
     pub method: Option<String>,
     /// `path` (the original path, query string included).
@@ -97,6 +99,7 @@ pub fn parse_line(line: &str) -> Result<Entry, ParseError> {
     let f = Fields(&fields);
     Ok(Entry {
         kind,
+        start_time: f.text("start_time"),
         method: f.text("method"),
         path: f.text("path"),
         protocol: f.text("protocol"),

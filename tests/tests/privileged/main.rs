@@ -24,6 +24,7 @@ mod datapath;
 mod e2e_collector;
 mod e2e_envoy;
 mod e2e_metrics;
+mod e2e_observe;
 mod e2e_reliability;
 mod image;
 
