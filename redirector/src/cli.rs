@@ -213,6 +213,10 @@ pub struct ObserveArgs {
     /// Only requests to Pods whose name starts with NAME, in NAMESPACE if given.
     #[arg(long, value_name = "[NAMESPACE/]NAME", help_heading = "Filters")]
     pub to_pod: Vec<String>,
+    /// Only requests from endpoints of this Service (its EndpointSlices hold the client's
+    /// address).
+    #[arg(long, value_name = "[NAMESPACE/]NAME", help_heading = "Filters")]
+    pub from_service: Vec<String>,
     /// Only requests to this Service (its ClusterIP or another of its addresses).
     #[arg(long, value_name = "[NAMESPACE/]NAME", help_heading = "Filters")]
     pub to_service: Vec<String>,

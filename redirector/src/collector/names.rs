@@ -149,6 +149,9 @@ pub struct NameIndex {
     frontends: HashMap<(IpAddr, u16), (ServicePort, EndpointName)>,
     /// Endpoint addresses and ports of EndpointSlices → their Service.
     endpoints: HashMap<(IpAddr, u16), ServicePort>,
+    /// Endpoint addresses → every Service they back (a request's source is an endpoint on an
+    /// ephemeral port, so only its address tells).
+    services_at: HashMap<IpAddr, Vec<ServiceRef>>,
 }
 
 impl NameIndex {
@@ -170,6 +173,13 @@ impl NameIndex {
                 let port = service
                     .and_then(|s| service::tcp_port_named(s, endpoint.port_name))
                     .unwrap_or(endpoint.port);
+                let at = index
+                    .services_at
+                    .entry(endpoint.ip.to_canonical())
+                    .or_default();
+                if !at.contains(&owner) {
+                    at.push(owner.clone());
+                }
                 index.endpoints.insert(
                     (endpoint.ip, endpoint.port),
                     ServicePort {
@@ -235,6 +245,13 @@ impl NameIndex {
         // A lookup by a borrowed pair would need a second map type; this runs once per entry.
         self.workloads
             .get(&(endpoint.name_aggr.clone(), endpoint.namespace.clone()))
+    }
+
+    /// The Services whose EndpointSlices hold `ip` (a request's source, say).
+    pub fn services_at(&self, ip: IpAddr) -> &[ServiceRef] {
+        self.services_at
+            .get(&ip.to_canonical())
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The source of a request (Envoy's `downstream_remote_address`).
@@ -630,6 +647,14 @@ status: {phase: Succeeded, podIP: 10.244.1.9}
         let d = index.destination(sa("10.244.1.5:9999"));
         assert_eq!(d.service, None);
         assert_eq!(d.endpoint.name_aggr, "web-5f7c9-*");
+        // The same address as a request's source, on any port: one of the Service's endpoints.
+        let at = index.services_at("10.244.1.5".parse().unwrap());
+        assert_eq!(at.len(), 1);
+        assert_eq!(
+            (at[0].namespace.as_str(), at[0].name.as_str()),
+            ("shop", "web")
+        );
+        assert!(index.services_at("10.9.9.9".parse().unwrap()).is_empty());
     }
 
     #[test]

@@ -11,12 +11,13 @@ use thiserror::Error;
 use super::flow::Flow;
 
 /// The filter flags, in the order `--help` lists them.
-pub const FLAGS: [&str; 7] = [
+pub const FLAGS: [&str; 8] = [
     "--http-status",
     "--http-method",
     "--http-path",
     "--from-pod",
     "--to-pod",
+    "--from-service",
     "--to-service",
     "--namespace",
 ];
@@ -124,6 +125,8 @@ pub enum Condition {
     FromPod(NamePattern),
     /// `--to-pod`.
     ToPod(NamePattern),
+    /// `--from-service`: the client is one of the Service's endpoints.
+    FromService(NamePattern),
     /// `--to-service`.
     ToService(NamePattern),
     /// `--namespace`: either end is in it.
@@ -149,6 +152,9 @@ impl Condition {
                 .map_err(|e| bad(e.to_string())),
             "--from-pod" => NamePattern::parse(value).map(Self::FromPod).map_err(bad),
             "--to-pod" => NamePattern::parse(value).map(Self::ToPod).map_err(bad),
+            "--from-service" => NamePattern::parse(value)
+                .map(Self::FromService)
+                .map_err(bad),
             "--to-service" => NamePattern::parse(value).map(Self::ToService).map_err(bad),
             "--namespace" if value.is_empty() => Err(bad("empty".into())),
             "--namespace" => Ok(Self::Namespace(value.to_string())),
@@ -164,8 +170,9 @@ impl Condition {
             Self::HttpPath(_) => 2,
             Self::FromPod(_) => 3,
             Self::ToPod(_) => 4,
-            Self::ToService(_) => 5,
-            Self::Namespace(_) => 6,
+            Self::FromService(_) => 5,
+            Self::ToService(_) => 6,
+            Self::Namespace(_) => 7,
         }
     }
 
@@ -180,6 +187,10 @@ impl Condition {
             Self::ToPod(p) => flow
                 .destination_pod()
                 .is_some_and(|(ns, name)| p.namespace_ok(ns) && name.starts_with(&p.name)),
+            Self::FromService(p) => flow
+                .source_services
+                .iter()
+                .any(|s| p.namespace_ok(&s.namespace) && s.name == p.name),
             Self::ToService(p) => flow
                 .service()
                 .is_some_and(|(ns, name)| p.namespace_ok(ns) && name == p.name),
@@ -352,6 +363,8 @@ mod tests {
         assert!(!set(&["--from-pod", "other/client"]).matches(&f));
         assert!(set(&["--to-pod", "shop/web"]).matches(&f));
         assert!(set(&["--to-service", "shop/web"]).matches(&f));
+        assert!(set(&["--from-service", "shop/client"]).matches(&f));
+        assert!(!set(&["--from-service", "shop/web"]).matches(&f));
         assert!(
             !set(&["--to-service", "we"]).matches(&f),
             "services match whole names"

@@ -4,9 +4,12 @@ use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 
-use crate::collector::{
-    names::{Destination, EndpointName, EndpointType, NameIndex},
-    parse::{Entry, Kind},
+use crate::{
+    collector::{
+        names::{Destination, EndpointName, EndpointType, NameIndex},
+        parse::{Entry, Kind},
+    },
+    k8s::service::ServiceRef,
 };
 
 /// A request (or a TCP connection), named.
@@ -20,6 +23,8 @@ pub struct Flow {
     pub source: EndpointName,
     /// The client's address.
     pub source_addr: Option<SocketAddr>,
+    /// The Services whose endpoints include the client's address.
+    pub source_services: Vec<ServiceRef>,
     /// Where the client was going.
     pub destination: Destination,
     /// The address it dialled (a Service's ClusterIP and port, say).
@@ -45,6 +50,10 @@ impl Flow {
     pub fn new(entry: Entry, names: &NameIndex) -> Self {
         Self {
             source: names.source(entry.source.map(|a| a.ip())),
+            source_services: entry
+                .source
+                .map(|a| names.services_at(a.ip()).to_vec())
+                .unwrap_or_default(),
             destination: names.destination(entry.original_destination),
             time: entry.start_time,
             kind: entry.kind,
@@ -161,7 +170,7 @@ fn label(pod: Option<(&str, &str)>, addr: Option<SocketAddr>) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{collector::names::ServicePort, k8s::service::ServiceRef};
+    use crate::collector::names::ServicePort;
 
     fn wep(namespace: &str, name: &str) -> EndpointName {
         EndpointName {
@@ -179,6 +188,10 @@ pub(crate) mod tests {
             kind: Kind::Http,
             source: wep("shop", "client-7d9f-*"),
             source_addr: Some("10.77.1.2:43210".parse().unwrap()),
+            source_services: vec![ServiceRef {
+                namespace: "shop".into(),
+                name: "client".into(),
+            }],
             destination: Destination {
                 endpoint: wep("shop", "web-5f7c9-*"),
                 service: Some(ServicePort {
@@ -207,6 +220,7 @@ pub(crate) mod tests {
             kind: Kind::Tcp,
             source: EndpointName::unknown(),
             source_addr: Some("10.77.1.1:50000".parse().unwrap()),
+            source_services: Vec::new(),
             destination: Destination {
                 endpoint: EndpointName::unknown(),
                 service: None,
