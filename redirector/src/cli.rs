@@ -1,4 +1,5 @@
-//! The command line: `redirector run | status | detach | collect | observe | drain-proxy`, every flag of every
+//! The command line: `redirector run | status | detach | collect | observe | top |
+//! drain-proxy`, every flag of every
 //! subcommand in one place. The flags are a contract (see docs/design.md): users, scripts and
 //! tests rely on them exactly. Each subcommand's flags turn into the options of the module that
 //! does the work (`daemon`, `collector`, `status`, `dataplane`), which know nothing of clap.
@@ -29,6 +30,7 @@ use crate::{
     proxy_drain::{self, DrainOptions},
     status,
     telemetry::{self, LogFormat},
+    top::{self, TopOptions, stats::SortBy},
 };
 
 /// Parses the process's arguments and does what they say: the whole `redirector` binary.
@@ -42,6 +44,16 @@ pub fn run() -> Result<()> {
             telemetry::init(args.log_format);
             let options = args.options()?;
             runtime()?.block_on(collector::run(options))
+        }
+        Command::Top(args) => {
+            // No log output: lines written under the view would tear it. An error ends it and
+            // is printed once the terminal is restored.
+            runtime()?.block_on(top::run(TopOptions {
+                access_log: args.access_log.clone(),
+                source: (!args.no_names).then(|| args.source.source()),
+                sync_timeout: args.sync_timeout,
+                sort: args.sort,
+            }))
         }
         Command::Observe(args) => {
             telemetry::init(LogFormat::Text);
@@ -179,6 +191,31 @@ pub enum Command {
     /// before a filter flag excludes what it matches instead. Example: `redirector observe
     /// --to-service shop/web --http-status 5+ --not --http-path '^/health' --follow`.
     Observe(Box<ObserveArgs>),
+    /// A terminal view of this node's requests, updated every second: per source,
+    /// destination, method and path, Linkerd top's columns (count, best, worst, last, success
+    /// rate) and p50/p95/p99, counted from when it starts. Keys: s changes the sort order, q
+    /// quits.
+    Top(Box<TopArgs>),
+}
+
+/// `redirector top` flags.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Envoy's JSON access log (the collector's `--access-log`).
+    #[arg(long, default_value = DEFAULT_ACCESS_LOG, value_name = "PATH")]
+    pub access_log: PathBuf,
+    /// Where the Services, EndpointSlices and Pods that name both ends come from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Show addresses only: no API, no services file.
+    #[arg(long, conflicts_with_all = ["services_file", "kubeconfig"])]
+    pub no_names: bool,
+    /// How long to wait for the names before starting.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
+    /// The first sort order (the s key changes it).
+    #[arg(long, value_enum, default_value_t = SortBy::Count)]
+    pub sort: SortBy,
 }
 
 /// `redirector observe` flags. The filter flags are read in their order on the command line

@@ -7,7 +7,8 @@
 //! - [`daemon`]: `redirector run`, wiring the daemon's pieces together.
 //! - [`collector`]: `redirector collect`, Envoy's access log aggregated into L7 records. It
 //!   depends on [`k8s`] only.
-//! - [`observe`]: `redirector observe`, the same log as a live, filtered tail of requests.
+//! - [`observe`]: `redirector observe`, the same log as a live, filtered tail of requests;
+//!   [`top`]: `redirector top`, the same as a terminal table updated every second.
 //!
 //! Kubernetes, with no kernel in sight:
 //! - [`k8s`]: the Service model (front ends, endpoints, the annotation), the object store, and
@@ -52,3 +53,4 @@ pub mod reconcile;
 pub mod selection;
 pub mod status;
 pub mod telemetry;
+pub mod top;

@@ -34,6 +34,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // own `prometheus` (own config, storage in a temp dir, a loopback port) and never the
     // packaged service, which hosts with systemd start on :9090 and containers do not.
     "prometheus",
+    // A terminal for the test of `redirector top`, which runs it under a private tmux server.
+    "tmux",
 ];
 
 /// Debian packages the kernel matrix (`cargo xtask vm-test`) uses, installed without their

@@ -111,6 +111,16 @@ impl Flow {
         label(pod(&self.source), self.source_addr)
     }
 
+    /// The client without its port (which changes with every connection): `namespace/name`
+    /// or the address.
+    pub fn source_label_short(&self) -> String {
+        match (pod(&self.source), self.source_addr) {
+            (Some((ns, name)), _) => format!("{ns}/{name}"),
+            (None, Some(a)) => a.ip().to_string(),
+            (None, None) => "-".into(),
+        }
+    }
+
     /// The destination as printed: the Service (`namespace/name:port`) when the client
     /// dialled one, else the Pod, with the address dialled.
     pub fn destination_label(&self) -> String {

@@ -143,7 +143,8 @@ async fn follow(
     }
 }
 
-fn to_flow(line: &str, names: &NameIndex) -> Option<Flow> {
+/// One access log line as a named flow; `None` for a line that is not an entry.
+pub(crate) fn to_flow(line: &str, names: &NameIndex) -> Option<Flow> {
     // Lines that are not entries (a partial line, another format) are the collector's to
     // count; here they are just not requests.
     parse::parse_line(line).ok().map(|e| Flow::new(e, names))
@@ -199,8 +200,8 @@ impl Printer {
     }
 }
 
-/// The names both ends get, kept up to date from the source.
-struct Names {
+/// The names both ends get, kept up to date from the source (also `top`'s).
+pub(crate) struct Names {
     store: ObjectStore,
     rx: Option<mpsc::UnboundedReceiver<Change>>,
     host: Vec<IpAddr>,
@@ -210,7 +211,7 @@ struct Names {
 
 impl Names {
     /// Starts `source` and waits (at most `timeout`) for its first complete lists.
-    async fn start(source: Option<&Source>, timeout: Duration) -> Result<Self> {
+    pub(crate) async fn start(source: Option<&Source>, timeout: Duration) -> Result<Self> {
         let host = host::own_addresses().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list this host's addresses");
             Vec::new()
@@ -269,7 +270,7 @@ impl Names {
     }
 
     /// The index for the store as it is now.
-    fn index(&mut self) -> Arc<NameIndex> {
+    pub(crate) fn index(&mut self) -> Arc<NameIndex> {
         self.drain();
         if self.stale {
             self.index = Arc::new(NameIndex::build(&self.store, &self.host));

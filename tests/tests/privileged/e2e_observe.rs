@@ -171,3 +171,101 @@ fn observe_filters_names_and_follows_envoys_requests() -> Result<()> {
     );
     Ok(())
 }
+
+/// A private tmux server (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Self {
+        Self {
+            socket: format!("l7r-test-{}", l7r_lab::sys::unique_id()),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Result<std::process::Output> {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .context("cannot run tmux (apt-get install tmux; `cargo xtask setup` does)")
+    }
+
+    fn screen(&self) -> Result<String> {
+        let out = self.run(&["capture-pane", "-p", "-t", "top"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+        // The server leaves its socket behind: /tmp/tmux-UID/NAME (root runs the tests).
+        let dir = std::env::var_os("TMUX_TMPDIR").unwrap_or_else(|| "/tmp".into());
+        // SAFETY: getuid has no failure mode.
+        let uid = unsafe { libc::getuid() };
+        let _ = std::fs::remove_file(
+            std::path::Path::new(&dir)
+                .join(format!("tmux-{uid}"))
+                .join(&self.socket),
+        );
+    }
+}
+
+/// `redirector top` in a real terminal (tmux): the requests the real Envoy logs appear as a
+/// row with their count, `s` changes the sort order, `q` quits and gives the terminal back.
+#[test]
+fn top_shows_envoys_requests_in_a_terminal() -> Result<()> {
+    let w = World::new(EXE, &web_service(Some("true")).yaml(), true)?;
+    let tmux = Tmux::new();
+    let command = format!(
+        "{EXE} top --access-log {} --services-file {}",
+        w.envoy.access_log.display(),
+        w.file.arg()
+    );
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "20",
+        &command,
+    ])?;
+    ensure!(
+        out.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("top's first frame", Duration::from_secs(10), || {
+        Ok(tmux.screen()?.contains("redirector top:").then_some(()))
+    })?;
+    for _ in 0..5 {
+        ensure!(w.request("GET", "/top-check?x=1")?.via_envoy());
+    }
+    let screen = eventually("the row of the 5 requests", Duration::from_secs(10), || {
+        let screen = tmux.screen()?;
+        Ok(screen
+            .lines()
+            .any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(1) == Some(&"shop/web:80")
+                    && cols.get(3) == Some(&"/top-check")
+                    && cols.get(4) == Some(&"5")
+            })
+            .then_some(screen))
+    })?;
+    ensure!(screen.contains("5 requests, sorted by count"), "{screen}");
+    tmux.run(&["send-keys", "-t", "top", "s"])?;
+    eventually("sorted by worst", Duration::from_secs(5), || {
+        Ok(tmux.screen()?.contains("sorted by worst").then_some(()))
+    })?;
+    tmux.run(&["send-keys", "-t", "top", "q"])?;
+    eventually("top quits on q", Duration::from_secs(5), || {
+        Ok((!tmux.run(&["has-session", "-t", "top"])?.status.success()).then_some(()))
+    })?;
+    Ok(())
+}
