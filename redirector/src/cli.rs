@@ -49,9 +49,9 @@ pub fn run() -> Result<()> {
             // No log output: lines written under the view would tear it. An error ends it and
             // is printed once the terminal is restored.
             runtime()?.block_on(top::run(TopOptions {
-                access_log: args.access_log.clone(),
-                source: (!args.no_names).then(|| args.source.source()),
-                sync_timeout: args.sync_timeout,
+                access_log: args.log.access_log.clone(),
+                source: args.log.names_source(),
+                sync_timeout: args.log.sync_timeout,
                 sort: args.sort,
             }))
         }
@@ -198,21 +198,36 @@ pub enum Command {
     Top(Box<TopArgs>),
 }
 
-/// `redirector top` flags.
+/// Where `observe` and `top` read requests from, and how they name both ends.
 #[derive(Debug, Args)]
-pub struct TopArgs {
+pub struct AccessLogArgs {
     /// Envoy's JSON access log (the collector's `--access-log`).
     #[arg(long, default_value = DEFAULT_ACCESS_LOG, value_name = "PATH")]
     pub access_log: PathBuf,
     /// Where the Services, EndpointSlices and Pods that name both ends come from.
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Show addresses only: no API, no services file.
+    /// Addresses only: no API, no services file.
     #[arg(long, conflicts_with_all = ["services_file", "kubeconfig"])]
     pub no_names: bool,
     /// How long to wait for the names before starting.
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
     pub sync_timeout: Duration,
+}
+
+impl AccessLogArgs {
+    /// Where names come from; `None` with `--no-names`.
+    pub fn names_source(&self) -> Option<Source> {
+        (!self.no_names).then(|| self.source.source())
+    }
+}
+
+/// `redirector top` flags.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The access log and the names.
+    #[command(flatten)]
+    pub log: AccessLogArgs,
     /// The first sort order (the s key changes it).
     #[arg(long, value_enum, default_value_t = SortBy::Count)]
     pub sort: SortBy,
@@ -222,18 +237,9 @@ pub struct TopArgs {
 /// (`--not` applies to the next one), by [`FilterSet::parse`].
 #[derive(Debug, Args)]
 pub struct ObserveArgs {
-    /// Envoy's JSON access log (the collector's `--access-log`).
-    #[arg(long, default_value = DEFAULT_ACCESS_LOG, value_name = "PATH")]
-    pub access_log: PathBuf,
-    /// Where the Services, EndpointSlices and Pods that name both ends come from.
+    /// The access log and the names.
     #[command(flatten)]
-    pub source: SourceArgs,
-    /// Print addresses only: no API, no services file.
-    #[arg(long, conflicts_with_all = ["services_file", "kubeconfig"])]
-    pub no_names: bool,
-    /// How long to wait for the names before printing.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
-    pub sync_timeout: Duration,
+    pub log: AccessLogArgs,
     /// Only HTTP requests with this status, or status prefix: `404`, `5+` (every 5xx).
     #[arg(long, value_name = "CODE", help_heading = "Filters")]
     pub http_status: Vec<String>,
@@ -280,9 +286,9 @@ impl ObserveArgs {
     /// `observe`, in order).
     pub fn options(&self, argv: &[String]) -> Result<ObserveOptions> {
         Ok(ObserveOptions {
-            access_log: self.access_log.clone(),
-            source: (!self.no_names).then(|| self.source.source()),
-            sync_timeout: self.sync_timeout,
+            access_log: self.log.access_log.clone(),
+            source: self.log.names_source(),
+            sync_timeout: self.log.sync_timeout,
             filters: FilterSet::parse(argv)?,
             output: self.output,
             last: self.last.unwrap_or(if self.follow { 0 } else { 20 }),
@@ -335,7 +341,7 @@ impl DrainProxyArgs {
 /// `collect`.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
-    /// Read Services and EndpointSlices (and, for `collect`, Pods) from this YAML or JSON file
+    /// Read Services and EndpointSlices (and Pods, for `collect`, `observe` and `top`) from this YAML or JSON file
     /// instead of the Kubernetes API, and follow it; the way to run without a cluster.
     #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
     pub services_file: Option<PathBuf>,
