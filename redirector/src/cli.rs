@@ -341,8 +341,9 @@ impl DrainProxyArgs {
 /// `collect`.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
-    /// Read Services and EndpointSlices (and Pods, for `collect`, `observe` and `top`) from this YAML or JSON file
-    /// instead of the Kubernetes API, and follow it; the way to run without a cluster.
+    /// Read Services and EndpointSlices (and Pods, for `collect`, `observe` and `top`) from
+    /// this YAML or JSON file instead of the Kubernetes API, and follow it; the way to run
+    /// without a cluster.
     #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
     pub services_file: Option<PathBuf>,
     /// Kubeconfig to reach the API with (default: in-cluster config, or $KUBECONFIG).
