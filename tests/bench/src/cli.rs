@@ -20,7 +20,7 @@ use crate::{
     proxy,
     report::Report,
     scenarios::{
-        self, INTERRUPTED, control, ports,
+        self, INTERRUPTED, control, cost, ports,
         selected::{self, Placement, ProxyKind},
         unselected,
     },
@@ -65,6 +65,8 @@ enum Scenario {
     Control,
     /// 4: one client's new connections to four selected Services: the 4-tuple space.
     Ports,
+    /// 5: the cost of logging: requests direct vs steered through Envoy.
+    Cost,
 }
 
 #[derive(Debug, Args)]
@@ -74,7 +76,7 @@ struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "unselected,selected,control,ports"
+        default_value = "unselected,selected,control,ports,cost"
     )]
     scenarios: Vec<Scenario>,
     /// Scenario 1: the numbers of selected destinations N.
@@ -86,7 +88,8 @@ struct BenchArgs {
     /// Scenarios 1 and 2: batches per alternative (alternatives alternate batch by batch).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
-    /// Scenarios 1 and 2: unmeasured connections per alternative first.
+    /// Scenarios 1, 2 and 5: unmeasured connections (scenario 5: requests) per alternative
+    /// first.
     #[arg(long, default_value_t = 200)]
     warmup: usize,
     /// Scenario 2: measured connections per alternative, placement and proxy.
@@ -125,6 +128,15 @@ struct BenchArgs {
     /// per destination, is below the 470/s one 4-tuple space sustains).
     #[arg(long, default_value_t = 1600)]
     ports_rate: u64,
+    /// Scenario 5: keep-alive requests per path (direct, steered), over all rounds.
+    #[arg(long, default_value_t = 50_000)]
+    cost_requests: usize,
+    /// Scenario 5: requests on new connections per path, over all rounds.
+    #[arg(long, default_value_t = 20_000)]
+    cost_connections: usize,
+    /// Scenario 5: rounds per path and mode (direct and steered alternate round by round).
+    #[arg(long, default_value_t = 5)]
+    cost_rounds: usize,
     /// Which iptables loads the linear and REDIRECT rules.
     #[arg(long, value_enum, default_value = "system")]
     iptables: Iptables,
@@ -184,6 +196,15 @@ fn apply_quick(a: &mut BenchArgs, m: &clap::ArgMatches) {
     }
     if default("ports_seconds") {
         a.ports_seconds = 2;
+    }
+    if default("cost_requests") {
+        a.cost_requests = 200;
+    }
+    if default("cost_connections") {
+        a.cost_connections = 100;
+    }
+    if default("cost_rounds") {
+        a.cost_rounds = 2;
     }
 }
 
@@ -266,6 +287,7 @@ fn run() -> Result<()> {
         selected: Vec::new(),
         control: None,
         ports: Vec::new(),
+        cost: Vec::new(),
         skipped: Vec::new(),
         failures: Vec::new(),
     };
@@ -320,6 +342,20 @@ fn run() -> Result<()> {
                 rate: a.ports_rate,
             })
             .map(|p| report.ports = p),
+            // It measures Envoy itself: without Envoy there is nothing to measure.
+            Scenario::Cost => match l7r_lab::envoy::binary() {
+                Err(e) => {
+                    report.skipped.push(format!("the cost of logging: {e:#}"));
+                    Ok(())
+                }
+                Ok(_) => cost::run(&cost::Params {
+                    requests: a.cost_requests,
+                    connections: a.cost_connections,
+                    rounds: a.cost_rounds,
+                    warmup: a.warmup,
+                })
+                .map(|c| report.cost = c),
+            },
         };
         if let Err(e) = outcome {
             scenarios::progress(&format!("{scenario:?} failed: {e:#}"));

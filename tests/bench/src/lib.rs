@@ -9,7 +9,8 @@
 //! - [`client`]: the measuring client loop and the long stream.
 //! - [`sink`]: the backend that swallows the long stream.
 //! - [`proxy`]: the Rust forwarding proxy, run as its own process.
-//! - [`scenarios`]: unselected traffic, selected traffic, control plane.
+//! - [`scenarios`]: unselected traffic, selected traffic, control plane, the 4-tuple space,
+//!   and the cost of logging (direct vs steered through Envoy).
 //! - [`machine`]: what the run ran on.
 //! - [`report`]: raw samples as JSON, and the tables.
 //! - [`cli`]: the `l7r-bench` command line, which runs the scenarios and writes the report.

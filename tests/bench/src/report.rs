@@ -10,7 +10,10 @@ use crate::{
     client::Batch,
     machine::Machine,
     scenarios::ports::PortsResult,
-    stats::{Align, Latency, Table, fmt_count, fmt_ms, fmt_ratio, fmt_us, median, ratio},
+    stats::{
+        Align, Latency, Spread, Table, fmt_count, fmt_ms, fmt_ratio, fmt_ratio_spread, fmt_us,
+        fmt_us_spread, median, ratio,
+    },
 };
 
 /// One alternative in one configuration: every sample it produced.
@@ -113,6 +116,140 @@ pub struct ControlResult {
     pub rss: Vec<RssSample>,
 }
 
+/// Scenario 5: one path's (direct or steered) rounds in one mode, kept round by round so
+/// that ratios can be taken per round.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CostRounds {
+    /// Each round's request latencies in nanoseconds (keep-alive: from writing the request to
+    /// the complete answer; new connection: from `connect()` to the complete answer).
+    pub latency_ns: Vec<Vec<u64>>,
+    /// Each round's `connect()` times in nanoseconds (empty rounds with keep-alive, where the
+    /// one connection is not timed).
+    pub connect_ns: Vec<Vec<u64>>,
+    /// Each round's requests per second (new connection mode: connections per second).
+    pub rates: Vec<f64>,
+}
+
+impl CostRounds {
+    /// Adds a round.
+    pub fn add(&mut self, latency_ns: Vec<u64>, connect_ns: Vec<u64>, rate: f64) {
+        self.latency_ns.push(latency_ns);
+        self.connect_ns.push(connect_ns);
+        self.rates.push(rate);
+    }
+
+    /// p50/p99 over every round's samples.
+    pub fn latency(&self) -> Option<Latency> {
+        Latency::of(&self.latency_ns.concat())
+    }
+
+    /// Median rate over the rounds.
+    pub fn rate(&self) -> Option<f64> {
+        median(&self.rates)
+    }
+
+    /// p50/p99 of round `r` alone.
+    fn round(&self, r: usize) -> Option<Latency> {
+        self.latency_ns.get(r).and_then(|s| Latency::of(s))
+    }
+}
+
+/// Scenario 5: one mode (keep-alive, or a new connection per request), direct and steered
+/// through Envoy, interleaved round by round.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CostResult {
+    /// The mode.
+    pub mode: String,
+    /// The Service not selected: the physical limit, the denominator of the ratios.
+    pub direct: CostRounds,
+    /// The Service selected: steered through Envoy, which logs each request.
+    pub steered: CostRounds,
+    /// Facts about the run (redirector counters, access log lines).
+    pub notes: Vec<String>,
+}
+
+/// Steered over direct in each round: p50, p99 and rate ratios, and the p50 difference (ns).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoundRatios {
+    /// p50 steered / p50 direct, per round.
+    pub p50: Vec<Option<f64>>,
+    /// p99 steered / p99 direct, per round.
+    pub p99: Vec<Option<f64>>,
+    /// Rate steered / rate direct, per round.
+    pub rate: Vec<Option<f64>>,
+    /// p50 steered − p50 direct in nanoseconds, per round: what a request pays.
+    pub added_p50_ns: Vec<Option<f64>>,
+}
+
+impl CostResult {
+    /// The per-round ratios of steered to direct (rounds are paired by index: both ran in the
+    /// same round, one right after the other).
+    pub fn round_ratios(&self) -> RoundRatios {
+        let rounds = self.direct.rates.len().min(self.steered.rates.len());
+        let mut out = RoundRatios::default();
+        for r in 0..rounds {
+            let (d, s) = (self.direct.round(r), self.steered.round(r));
+            out.p50.push(ratio(p50(s), p50(d)));
+            out.p99.push(ratio(p99(s), p99(d)));
+            out.rate.push(ratio(
+                self.steered.rates.get(r).copied(),
+                self.direct.rates.get(r).copied(),
+            ));
+            out.added_p50_ns.push(match (p50(s), p50(d)) {
+                (Some(s), Some(d)) => Some(s - d),
+                _ => None,
+            });
+        }
+        out
+    }
+}
+
+/// Scenario 5's table: per mode, direct (the limit) and steered through Envoy, pooled p50/p99
+/// and median rate, and the median of the per-round ratios with their min–max.
+pub fn cost_table(results: &[CostResult]) -> Table {
+    let mut t = Table::new(&[
+        ("mode", Align::Left),
+        ("path", Align::Left),
+        ("request p50 µs", Align::Right),
+        ("request p99 µs", Align::Right),
+        ("req/s", Align::Right),
+        ("added p50 µs", Align::Right),
+        ("p50 × (min–max)", Align::Right),
+        ("p99 × (min–max)", Align::Right),
+        ("req/s × (min–max)", Align::Right),
+        ("rounds", Align::Right),
+    ]);
+    for c in results {
+        let r = c.round_ratios();
+        let (d, s) = (c.direct.latency(), c.steered.latency());
+        t.row(vec![
+            c.mode.clone(),
+            "direct (not selected)".into(),
+            fmt_us(d.map(|l| l.p50)),
+            fmt_us(d.map(|l| l.p99)),
+            fmt_count(c.direct.rate()),
+            "–".into(),
+            "1.00".into(),
+            "1.00".into(),
+            "1.00".into(),
+            c.direct.rates.len().to_string(),
+        ]);
+        t.row(vec![
+            c.mode.clone(),
+            "steered through Envoy".into(),
+            fmt_us(s.map(|l| l.p50)),
+            fmt_us(s.map(|l| l.p99)),
+            fmt_count(c.steered.rate()),
+            fmt_us_spread(Spread::of(&r.added_p50_ns)),
+            fmt_ratio_spread(Spread::of(&r.p50)),
+            fmt_ratio_spread(Spread::of(&r.p99)),
+            fmt_ratio_spread(Spread::of(&r.rate)),
+            c.steered.rates.len().to_string(),
+        ]);
+    }
+    t
+}
+
 /// Everything a run produced.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -138,6 +275,8 @@ pub struct Report {
     pub control: Option<ControlResult>,
     /// Scenario 4.
     pub ports: Vec<PortsResult>,
+    /// Scenario 5, one entry per mode.
+    pub cost: Vec<CostResult>,
     /// Alternatives or scenarios that were skipped, and why.
     pub skipped: Vec<String>,
     /// Scenarios that failed, with the error; the others still ran.
@@ -388,6 +527,27 @@ impl Report {
             );
             out.push_str(&ports_table(&self.ports).to_markdown());
         }
+        if !self.cost.is_empty() {
+            out.push_str(
+                "\n### 5. The cost of logging: direct vs steered through Envoy (baseline: \
+                 direct)\n\n",
+            );
+            out.push_str(
+                "The same HTTP/1.1 request loop from the client pod to a Service's ClusterIP, \
+                 the Service not selected (direct: the physical limit) or selected (steered \
+                 through Envoy, which logs each request), interleaved round by round. p50, p99: \
+                 over all rounds. `req/s`: median over the rounds (new connection per request: \
+                 connections per second). `added p50`: steered minus direct p50, and `×`: \
+                 steered over direct, each taken per round and given as the median over the \
+                 rounds with their min–max.\n\n",
+            );
+            out.push_str(&cost_table(&self.cost).to_markdown());
+            for c in &self.cost {
+                for n in &c.notes {
+                    out.push_str(&format!("\n{}: {n}\n", c.mode));
+                }
+            }
+        }
         for s in &self.skipped {
             out.push_str(&format!("\nSkipped: {s}\n"));
         }
@@ -458,6 +618,34 @@ mod tests {
         assert_eq!(s.stream_mib_s(), Some(256.0));
         let md = selected_table(&[s]).to_markdown();
         assert!(md.contains("| 256 | – | – | – | 1.00 |"), "{md}");
+    }
+
+    #[test]
+    fn cost_ratios_are_taken_per_round() {
+        let mut c = CostResult {
+            mode: "keep-alive".into(),
+            ..CostResult::default()
+        };
+        // Round 1 is noisy for both paths alike: its ratio stays in line.
+        c.direct.add(vec![100_000, 100_000], vec![], 1000.0);
+        c.steered.add(vec![200_000, 200_000], vec![], 500.0);
+        c.direct.add(vec![300_000, 300_000], vec![], 300.0);
+        c.steered.add(vec![660_000, 660_000], vec![], 150.0);
+        c.direct.add(vec![100_000, 100_000], vec![], 1000.0);
+        c.steered.add(vec![190_000, 190_000], vec![], 520.0);
+        let r = c.round_ratios();
+        assert_eq!(r.p50, [Some(2.0), Some(2.2), Some(1.9)]);
+        assert_eq!(r.rate, [Some(0.5), Some(0.5), Some(0.52)]);
+        assert_eq!(r.added_p50_ns[0], Some(100_000.0));
+        let md = cost_table(&[c]).to_markdown();
+        assert!(
+            md.contains(
+                "| keep-alive | steered through Envoy | 200.0 | 660.0 | 500 | +100.0 (+90.0–+360.0) \
+                 | 2.00 (1.90–2.20) | 2.00 (1.90–2.20) | 0.50 (0.50–0.52) | 3 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| keep-alive | direct (not selected) | 100.0 | 300.0 | 1 000 |"));
     }
 
     #[test]

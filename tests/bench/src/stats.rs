@@ -54,6 +54,54 @@ impl Latency {
     }
 }
 
+/// The median of per-round values with their range: how a ratio measured round by round is
+/// reported, so that one noisy round shows as a wide range instead of moving the figure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    /// Median of the values.
+    pub median: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// Summarises `values`, skipping missing ones; `None` when none is left (or one is NaN).
+    pub fn of(values: &[Option<f64>]) -> Option<Self> {
+        let v: Vec<f64> = values.iter().flatten().copied().collect();
+        Some(Self {
+            median: median(&v)?,
+            min: v.iter().copied().fold(f64::INFINITY, f64::min),
+            max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
+}
+
+/// A ratio's spread: `"1.85 (1.80–1.92)"`, median then min–max.
+pub fn fmt_ratio_spread(s: Option<Spread>) -> String {
+    s.map_or_else(
+        || "–".into(),
+        |s| format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max),
+    )
+}
+
+/// A spread of nanosecond values in microseconds: `"+12.3 (+10.1–+15.0)"`, signed, since it
+/// is a difference.
+pub fn fmt_us_spread(s: Option<Spread>) -> String {
+    s.map_or_else(
+        || "–".into(),
+        |s| {
+            format!(
+                "{:+.1} ({:+.1}–{:+.1})",
+                s.median / 1000.0,
+                s.min / 1000.0,
+                s.max / 1000.0
+            )
+        },
+    )
+}
+
 /// `value / base`, or `None` when either is missing or the base is not positive.
 pub fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
     match (value, base) {
@@ -203,6 +251,18 @@ mod tests {
         assert_eq!(ratio(Some(3.0), Some(0.0)), None);
         assert_eq!(ratio(None, Some(1.0)), None);
         assert_eq!(ratio(Some(1.0), None), None);
+    }
+
+    #[test]
+    fn spreads() {
+        let s = Spread::of(&[Some(1.2), None, Some(1.0), Some(1.5)]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (1.2, 1.0, 1.5));
+        assert_eq!(Spread::of(&[None]), None);
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(fmt_ratio_spread(Some(s)), "1.20 (1.00–1.50)");
+        assert_eq!(fmt_ratio_spread(None), "–");
+        let d = Spread::of(&[Some(12_345.0), Some(-500.0), Some(20_000.0)]).unwrap();
+        assert_eq!(fmt_us_spread(Some(d)), "+12.3 (-0.5–+20.0)");
     }
 
     #[test]

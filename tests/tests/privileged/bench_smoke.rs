@@ -97,5 +97,33 @@ fn a_quick_bench_run_completes_and_writes_its_samples() -> Result<()> {
         assert!(made > 0, "{p}");
         assert_eq!(p["accepted"].as_u64(), Some(made), "{p}");
     }
+
+    // Scenario 5 measures Envoy itself, so without Envoy it is skipped, and must say so.
+    let cost = report["cost"].as_array().context("no cost")?;
+    if cost.is_empty() {
+        assert!(
+            report["skipped"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s.to_string().contains("cost of logging"))),
+            "no cost-of-logging results, and no reason:\n{stdout}"
+        );
+    } else {
+        assert!(stdout.contains("### 5."), "no ### 5. table:\n{stdout}");
+        assert_eq!(cost.len(), 2, "keep-alive and new connection per request");
+        for c in cost {
+            for path in ["direct", "steered"] {
+                // Two rounds (--quick), each of which measured requests.
+                let rounds = c[path]["latency_ns"].as_array().context("no rounds")?;
+                assert_eq!(rounds.len(), 2, "{} {path}", c["mode"]);
+                assert!(
+                    rounds
+                        .iter()
+                        .all(|r| r.as_array().is_some_and(|r| !r.is_empty())),
+                    "{} {path}",
+                    c["mode"]
+                );
+            }
+        }
+    }
     Ok(())
 }
