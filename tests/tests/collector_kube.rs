@@ -259,9 +259,12 @@ fn path_arg(path: &Path) -> Result<&str> {
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
-/// The records for `url`.
+/// The records for `url`, a path of the Service's host (records' `url` is authority + path).
 fn for_url<'a>(records: &'a [Value], url: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["url"] == url).collect()
+    records
+        .iter()
+        .filter(|r| r["url"] == format!("web.shop{url}"))
+        .collect()
 }
 
 /// Checks that `r` names its source `source_name` (a Pod of `shop`) and its destination
@@ -382,7 +385,7 @@ fn wait_for_record(
         if let Some(r) = w
             .records()?
             .into_iter()
-            .find(|r| r["url"] == url && wanted(r))
+            .find(|r| r["url"] == format!("web.shop{url}") && wanted(r))
         {
             return Ok(r);
         }

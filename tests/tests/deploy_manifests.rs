@@ -629,8 +629,8 @@ fn check_envoy_reads_the_config_map(manifests: &Manifests) -> Result<()> {
     let bootstrap = EnvoyBootstrap::load()?;
     let logs = bootstrap.access_logs();
     ensure!(
-        logs.len() == 2,
-        "envoy.yaml must have two file access logs (HTTP and TCP), found {}",
+        logs.len() == 3,
+        "envoy.yaml must have three file access logs (HTTP, TLS and TCP), found {}",
         logs.len()
     );
     let log_dir = Path::new(DEFAULT_ACCESS_LOG)
@@ -678,6 +678,10 @@ fn envoy_access_logs_are_json_at_the_documented_path() -> Result<()> {
             "downstream_local_address",
             "upstream_host",
             "type",
+            "content_type",
+            "grpc_status",
+            "upgrade",
+            "requested_server_name",
         ] {
             ensure!(
                 fields.contains_key(key),
@@ -687,8 +691,8 @@ fn envoy_access_logs_are_json_at_the_documented_path() -> Result<()> {
         types.insert(fields["type"].as_str().unwrap_or_default().to_owned());
     }
     ensure!(
-        types == BTreeSet::from(["http".to_owned(), "tcp".to_owned()]),
-        "one access log must be of type http and one of type tcp, got {types:?}"
+        types == BTreeSet::from(["http".to_owned(), "tcp".to_owned(), "tls".to_owned()]),
+        "one access log must be of type http, one of type tls and one of type tcp, got {types:?}"
     );
     Ok(())
 }

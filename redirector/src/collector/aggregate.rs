@@ -2,7 +2,9 @@
 //! read when, and when an interval ends.
 //!
 //! Within an interval there is one record per distinct [`Key`] (source, destination, method,
-//! URL path, response code, user agent, protocol type); `host`, the node's name, is the same
+//! URL, response code, user agent, protocol type, and the protocol, gRPC status and TLS server
+//! name), after Felix's `L7LogsFileAggregation*` settings ([`Aggregation`]) have blanked the
+//! fields they leave out of the key and trimmed the URL; `host`, the node's name, is the same
 //! for everything one collector sees. A request belongs to the interval in which it was
 //! **read** (not Envoy's `start_time`): a collector that falls behind and catches up reports
 //! the requests late rather than rewriting intervals it already emitted.
@@ -26,6 +28,8 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+
+use super::config::{Aggregation, Inclusion, TrimUrl};
 
 /// The `type` of the record that sums the requests past the cap.
 pub const UNLOGGED: &str = "unlogged";
@@ -59,13 +63,105 @@ pub struct Key {
     pub method: String,
     /// `user_agent`.
     pub user_agent: String,
-    /// `url`: the path, without query string.
+    /// `url`: the request's authority and path, as the reference product writes it
+    /// (`web.shop/users/1`), trimmed by [`Aggregation`]; before that, as sent (query string
+    /// included).
     pub url: String,
     /// `response_code`.
     pub response_code: String,
     /// `type`: the protocol, such as `http/1.1`, or `unlogged`.
     #[serde(rename = "type")]
     pub protocol_type: String,
+    /// `protocol`: what the connection carried: `http`, `grpc`, `websocket`, `connect`
+    /// (an HTTP CONNECT tunnel), `tls` (passed through) or `tcp`.
+    pub protocol: String,
+    /// `grpc_status`: a gRPC call's status (`0` OK; a failed call still has HTTP 200), `-`
+    /// for anything else.
+    pub grpc_status: String,
+    /// `tls_sni`: the server name a TLS client asked for, `-` when none.
+    pub tls_sni: String,
+}
+
+impl Aggregation {
+    /// Blanks the fields these settings leave out of the key and trims the URL, as Felix
+    /// does (`-` for strings, 0 for ports).
+    pub fn apply(&self, key: &mut Key) {
+        let blank = |field: &mut String| NONE.clone_into(field);
+        if self.http_header_info == Inclusion::Exclude {
+            blank(&mut key.user_agent);
+            blank(&mut key.protocol_type);
+        }
+        if self.http_method == Inclusion::Exclude {
+            blank(&mut key.method);
+        }
+        if self.service_info == Inclusion::Exclude {
+            blank(&mut key.dest_service_name);
+            blank(&mut key.dest_service_namespace);
+            key.dest_service_port = 0;
+        }
+        if self.destination_info == Inclusion::Exclude {
+            blank(&mut key.dest_name_aggr);
+            blank(&mut key.dest_namespace);
+            blank(&mut key.dest_type);
+            key.dest_port_num = 0;
+        }
+        if self.source_info == Inclusion::Exclude {
+            blank(&mut key.src_name_aggr);
+            blank(&mut key.src_namespace);
+            blank(&mut key.src_type);
+        }
+        if self.response_code == Inclusion::Exclude {
+            blank(&mut key.response_code);
+            blank(&mut key.grpc_status);
+        }
+        if key.url != NONE {
+            key.url = self.trim_url(&key.url);
+        }
+    }
+
+    /// `authority` + path (the path starts at the first `/`) as the settings keep it.
+    fn trim_url(&self, url: &str) -> String {
+        let (domain, target) = url.split_at(url.find('/').unwrap_or(url.len()));
+        let without_query = || target.split('?').next().unwrap_or_default();
+        let path: &str = match self.trim_url {
+            TrimUrl::IncludeFullUrl => match usize::try_from(self.num_url_path) {
+                // Felix splits "/a/b/c" at '/' into "", "a", "b", "c" and keeps one part more
+                // than the segments: up to the (segments + 1)th '/', without copying.
+                Ok(segments) => {
+                    let path = without_query();
+                    path.match_indices('/')
+                        .nth(segments)
+                        .map_or(path, |(end, _)| &path[..end])
+                }
+                Err(_) => target,
+            },
+            TrimUrl::TrimQuery => without_query(),
+            TrimUrl::TrimQueryAndPath => "",
+            TrimUrl::Exclude => return NONE.to_string(),
+        };
+        // The character limit cuts the path first, then the authority.
+        let limit = usize::try_from(self.url_char_limit).unwrap_or(usize::MAX);
+        let domain = cut(domain, limit);
+        let path = cut(path, limit - domain.len());
+        let url = format!("{domain}{path}");
+        if url.is_empty() {
+            NONE.to_string()
+        } else {
+            url
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// What one request adds to its record.
@@ -147,37 +243,51 @@ pub struct Record {
 #[derive(Debug)]
 pub struct Aggregator {
     max_records: Option<usize>,
+    aggregation: Aggregation,
     /// Records in the order their first request was read.
     records: Vec<(Key, Totals)>,
-    index: HashMap<Key, usize>,
+    /// Where each key's record is. Hashed with foldhash, seeded at random per map: a key is
+    /// 14 strings, and SipHash over them was the collector's hottest spot.
+    index: HashMap<Key, usize, foldhash::fast::RandomState>,
     unlogged: Totals,
 }
 
 impl Aggregator {
-    /// An empty interval; `max_records` is the `logRequestsPerInterval` cap (`None`: no cap).
+    /// An empty interval; `max_records` is the `logRequestsPerInterval` cap (`None`: no cap);
+    /// Felix's default aggregation.
     pub fn new(max_records: Option<usize>) -> Self {
+        Self::with_aggregation(max_records, Aggregation::default())
+    }
+
+    /// [`Aggregator::new`] with these `L7LogsFileAggregation*` settings.
+    pub fn with_aggregation(max_records: Option<usize>, aggregation: Aggregation) -> Self {
         Self {
             max_records,
+            aggregation,
             records: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             unlogged: Totals::default(),
         }
     }
 
-    /// Adds one request read in this interval.
-    pub fn add(&mut self, key: Key, measure: Measure) {
-        if let Some(&i) = self.index.get(&key) {
-            self.records[i].1.add(measure);
-        } else if self
-            .max_records
-            .is_some_and(|max| self.records.len() >= max)
-        {
-            self.unlogged.add(measure);
-        } else {
-            let mut totals = Totals::default();
-            totals.add(measure);
-            self.index.insert(key.clone(), self.records.len());
-            self.records.push((key, totals));
+    /// Adds one request read in this interval (its key as [`crate::collector::request`]
+    /// makes it: the aggregation settings are applied here).
+    pub fn add(&mut self, mut key: Key, measure: Measure) {
+        self.aggregation.apply(&mut key);
+        let next = self.records.len();
+        let full = self.max_records.is_some_and(|max| next >= max);
+        // One hash per request: the entry serves both the look-up and the insertion.
+        match self.index.entry(key) {
+            std::collections::hash_map::Entry::Occupied(at) => {
+                self.records[*at.get()].1.add(measure);
+            }
+            std::collections::hash_map::Entry::Vacant(_) if full => self.unlogged.add(measure),
+            std::collections::hash_map::Entry::Vacant(at) => {
+                let mut totals = Totals::default();
+                totals.add(measure);
+                self.records.push((at.key().clone(), totals));
+                at.insert(next);
+            }
         }
     }
 
@@ -214,6 +324,9 @@ impl Aggregator {
                 response_code: none(),
                 user_agent: none(),
                 protocol_type: UNLOGGED.into(),
+                protocol: none(),
+                grpc_status: none(),
+                tls_sni: none(),
             };
             out.push(record(key, unlogged, interval, host));
         }
@@ -273,7 +386,25 @@ mod tests {
             response_code: code.into(),
             user_agent: "curl/8".into(),
             protocol_type: "http/1.1".into(),
+            protocol: "http".into(),
+            grpc_status: NONE.into(),
+            tls_sni: NONE.into(),
         }
+    }
+
+    /// Every field in the key and the URL untouched: what the tests of the cap and the
+    /// measures use, so that only what they test varies.
+    fn keep_all() -> Aggregation {
+        Aggregation {
+            http_header_info: Inclusion::Include,
+            num_url_path: -1,
+            url_char_limit: u32::MAX,
+            ..Aggregation::default()
+        }
+    }
+
+    fn aggregator(max_records: Option<usize>) -> Aggregator {
+        Aggregator::with_aggregation(max_records, keep_all())
     }
 
     fn measure(
@@ -292,7 +423,7 @@ mod tests {
 
     #[test]
     fn repeats_add_up_into_one_record() {
-        let mut a = Aggregator::new(None);
+        let mut a = aggregator(None);
         a.add(key("/a", "200"), measure(4, Some(1), 10, 100));
         a.add(key("/a", "200"), measure(10, Some(6), 20, 200));
         a.add(key("/a", "200"), measure(1, None, 0, 300));
@@ -360,8 +491,20 @@ mod tests {
                 protocol_type: "http/2".into(),
                 ..base.clone()
             },
+            Key {
+                protocol: "grpc".into(),
+                ..base.clone()
+            },
+            Key {
+                grpc_status: "5".into(),
+                ..base.clone()
+            },
+            Key {
+                tls_sni: "web.shop".into(),
+                ..base.clone()
+            },
         ];
-        let mut a = Aggregator::new(None);
+        let mut a = aggregator(None);
         a.add(base.clone(), Measure::default());
         for k in &variants {
             a.add(k.clone(), Measure::default());
@@ -371,14 +514,14 @@ mod tests {
 
     #[test]
     fn mean_of_no_latency_is_zero() {
-        let mut a = Aggregator::new(None);
+        let mut a = aggregator(None);
         a.add(key("/a", "200"), measure(3, None, 0, 0));
         assert_eq!(a.take(FIRST, "n")[0].latency, 0);
     }
 
     #[test]
     fn the_cap_sums_the_rest_into_one_unlogged_record() {
-        let mut a = Aggregator::new(Some(2));
+        let mut a = aggregator(Some(2));
         a.add(key("/a", "200"), measure(1, Some(0), 1, 10));
         a.add(key("/b", "200"), measure(2, Some(0), 2, 20));
         // Past the cap: new keys go to `unlogged`...
@@ -414,7 +557,7 @@ mod tests {
 
     #[test]
     fn a_cap_of_one_keeps_the_first_key() {
-        let mut a = Aggregator::new(Some(1));
+        let mut a = aggregator(Some(1));
         for _ in 0..5 {
             a.add(key("/a", "200"), Measure::default());
         }
@@ -431,7 +574,7 @@ mod tests {
 
     #[test]
     fn no_unlogged_record_under_the_cap() {
-        let mut a = Aggregator::new(Some(2));
+        let mut a = aggregator(Some(2));
         a.add(key("/a", "200"), Measure::default());
         a.add(key("/a", "200"), Measure::default());
         let records = a.take(FIRST, "n");
@@ -441,7 +584,7 @@ mod tests {
 
     #[test]
     fn intervals_are_separate_and_the_cap_applies_to_each() {
-        let mut a = Aggregator::new(Some(1));
+        let mut a = aggregator(Some(1));
         a.add(key("/a", "200"), Measure::default());
         a.add(key("/b", "200"), Measure::default());
         let first = a.take(FIRST, "n");
@@ -477,7 +620,7 @@ mod tests {
 
     #[test]
     fn records_serialise_with_the_reference_field_names_in_order() {
-        let mut a = Aggregator::new(None);
+        let mut a = aggregator(None);
         a.add(key("/a", "200"), measure(2, Some(1), 5, 6));
         let json = serde_json::to_string(&a.take(FIRST, "node-1")[0]).unwrap();
         let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&json)
@@ -511,6 +654,9 @@ mod tests {
             "url",
             "response_code",
             "type",
+            "protocol",
+            "grpc_status",
+            "tls_sni",
             "host",
         ];
         // serde_json's map is sorted; the order on the line is checked below.
@@ -523,8 +669,227 @@ mod tests {
             "{json}"
         );
         assert!(
-            json.ends_with(r#""response_code":"200","type":"http/1.1","host":"node-1"}"#),
+            json.ends_with(
+                r#""response_code":"200","type":"http/1.1","protocol":"http","grpc_status":"-","tls_sni":"-","host":"node-1"}"#
+            ),
             "{json}"
         );
+    }
+
+    /// The key of a request to `url` after `aggregation`.
+    fn applied(aggregation: Aggregation, url: &str) -> Key {
+        let mut k = key(url, "200");
+        aggregation.apply(&mut k);
+        k
+    }
+
+    #[test]
+    fn felix_defaults_leave_the_user_agent_out_and_trim_the_url() {
+        let mut a = Aggregator::new(None);
+        let mut wget = key("web.shop/a/b/c/d/e/f/g?token=secret", "200");
+        wget.user_agent = "wget".into();
+        a.add(key("web.shop/a/b/c/d/e/x?q=1", "200"), Measure::default());
+        a.add(wget, Measure::default());
+        let records = a.take(FIRST, "n");
+        let keys: Vec<_> = records
+            .iter()
+            .map(|r| (r.key.url.as_str(), r.key.user_agent.as_str(), r.count))
+            .collect();
+        assert_eq!(
+            keys,
+            [("web.shop/a/b/c/d/e", NONE, 2)],
+            "5 path segments, no query string, no user agent: one record"
+        );
+        assert_eq!(records[0].key.protocol_type, NONE, "Felix blanks type too");
+        assert_eq!(records[0].key.method, "GET");
+        assert_eq!(records[0].key.response_code, "200");
+        assert_eq!(records[0].key.src_name_aggr, "client-6b8d5-*");
+        assert_eq!(records[0].key.dest_service_port, 80);
+        assert_eq!(records[0].key.protocol, "http", "not a header: kept");
+    }
+
+    #[test]
+    fn http_header_info_included_keeps_user_agent_and_type() {
+        let k = applied(
+            Aggregation {
+                http_header_info: Inclusion::Include,
+                ..Aggregation::default()
+            },
+            "/a",
+        );
+        assert_eq!(
+            (k.user_agent.as_str(), k.protocol_type.as_str()),
+            ("curl/8", "http/1.1")
+        );
+    }
+
+    #[test]
+    fn each_exclusion_blanks_its_fields() {
+        let exclude = Inclusion::Exclude;
+        let k = applied(
+            Aggregation {
+                http_method: exclude,
+                ..Aggregation::default()
+            },
+            "/a",
+        );
+        assert_eq!((k.method.as_str(), k.url.as_str()), (NONE, "/a"));
+
+        let k = applied(
+            Aggregation {
+                service_info: exclude,
+                ..Aggregation::default()
+            },
+            "/a",
+        );
+        assert_eq!(
+            (
+                k.dest_service_name.as_str(),
+                k.dest_service_namespace.as_str(),
+                k.dest_service_port
+            ),
+            (NONE, NONE, 0)
+        );
+        assert_eq!(
+            (k.dest_name_aggr.as_str(), k.dest_port_num),
+            ("web-5f7c9-*", 80)
+        );
+
+        let k = applied(
+            Aggregation {
+                destination_info: exclude,
+                ..Aggregation::default()
+            },
+            "/a",
+        );
+        assert_eq!(
+            (
+                k.dest_name_aggr.as_str(),
+                k.dest_namespace.as_str(),
+                k.dest_type.as_str(),
+                k.dest_port_num
+            ),
+            (NONE, NONE, NONE, 0)
+        );
+        assert_eq!(
+            (k.dest_service_name.as_str(), k.dest_service_port),
+            ("web", 80)
+        );
+
+        let k = applied(
+            Aggregation {
+                source_info: exclude,
+                ..Aggregation::default()
+            },
+            "/a",
+        );
+        assert_eq!(
+            (
+                k.src_name_aggr.as_str(),
+                k.src_namespace.as_str(),
+                k.src_type.as_str()
+            ),
+            (NONE, NONE, NONE)
+        );
+        assert_eq!(k.dest_name_aggr, "web-5f7c9-*");
+
+        let mut grpc = key("/svc/Call", "200");
+        grpc.grpc_status = "5".into();
+        Aggregation {
+            response_code: exclude,
+            ..Aggregation::default()
+        }
+        .apply(&mut grpc);
+        assert_eq!(
+            (grpc.response_code.as_str(), grpc.grpc_status.as_str()),
+            (NONE, NONE)
+        );
+    }
+
+    #[test]
+    fn excluded_fields_merge_records() {
+        let mut a = Aggregator::with_aggregation(
+            None,
+            Aggregation {
+                response_code: Inclusion::Exclude,
+                ..Aggregation::default()
+            },
+        );
+        a.add(key("/a", "200"), Measure::default());
+        a.add(key("/a", "500"), Measure::default());
+        let records = a.take(FIRST, "n");
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0].key.response_code.as_str(), records[0].count),
+            (NONE, 2)
+        );
+    }
+
+    #[test]
+    fn trim_url_settings() {
+        let url = "web.shop/a/b/c/d/e/f?x=1";
+        let with = |trim_url| Aggregation {
+            trim_url,
+            ..Aggregation::default()
+        };
+        assert_eq!(
+            applied(with(TrimUrl::IncludeFullUrl), url).url,
+            "web.shop/a/b/c/d/e"
+        );
+        assert_eq!(
+            applied(with(TrimUrl::TrimQuery), url).url,
+            "web.shop/a/b/c/d/e/f"
+        );
+        assert_eq!(
+            applied(with(TrimUrl::TrimQueryAndPath), url).url,
+            "web.shop"
+        );
+        assert_eq!(applied(with(TrimUrl::Exclude), url).url, NONE);
+        // Without an authority, trimming the path leaves nothing.
+        assert_eq!(applied(with(TrimUrl::TrimQueryAndPath), "/a?x").url, NONE);
+        // A CONNECT has an authority and no path.
+        assert_eq!(
+            applied(with(TrimUrl::IncludeFullUrl), "10.0.0.1:443").url,
+            "10.0.0.1:443"
+        );
+    }
+
+    #[test]
+    fn num_url_path_counts_segments_and_negative_keeps_everything() {
+        let with = |num_url_path| Aggregation {
+            num_url_path,
+            ..Aggregation::default()
+        };
+        assert_eq!(applied(with(2), "h/a/b/c?x=1").url, "h/a/b");
+        assert_eq!(applied(with(0), "h/a/b?x=1").url, "h");
+        assert_eq!(
+            applied(with(2), "h/a/b/").url,
+            "h/a/b",
+            "as Felix: a trailing slash goes"
+        );
+        assert_eq!(
+            applied(with(3), "h/a/b?x=1").url,
+            "h/a/b",
+            "fewer: whole path, no query"
+        );
+        assert_eq!(
+            applied(with(-1), "h/a/b/c/d/e/f/g?x=1").url,
+            "h/a/b/c/d/e/f/g?x=1"
+        );
+    }
+
+    #[test]
+    fn url_char_limit_cuts_the_path_then_the_authority() {
+        let with = |url_char_limit| Aggregation {
+            url_char_limit,
+            ..Aggregation::default()
+        };
+        assert_eq!(applied(with(10), "web.shop/abcdef").url, "web.shop/a");
+        assert_eq!(applied(with(4), "web.shop/abcdef").url, "web.");
+        assert_eq!(applied(with(250), "web.shop/abcdef").url, "web.shop/abcdef");
+        let long = format!("h/{}", "x".repeat(400));
+        assert_eq!(applied(Aggregation::default(), &long).url.len(), 250);
+        // Never in the middle of a character.
+        assert_eq!(applied(with(3), "h/é").url, "h/");
     }
 }

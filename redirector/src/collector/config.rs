@@ -18,7 +18,12 @@
 //! checked the same way whatever their origin, and a wrong one is an error that names the
 //! field, never a silent fallback. Unknown keys under `logCollection` are errors too (a typo
 //! there would otherwise be a setting quietly not applied); other parts of the manifest, such
-//! as `sidecarInjection`, are not the collector's business and are ignored. Pure.
+//! as `sidecarInjection`, are not the collector's business and are ignored.
+//!
+//! What makes up a record's key is the reference product's Felix setting, not the
+//! `ApplicationLayer`'s: [`Aggregation`] holds Felix's `L7LogsFileAggregation*` settings with
+//! Felix's names, values and defaults (given as flags; applied in
+//! [`super::aggregate`]). Pure.
 
 use std::{fmt, num::NonZeroU32, time::Duration};
 
@@ -57,6 +62,16 @@ pub enum ConfigError {
     /// The file is not a usable `ApplicationLayer` manifest.
     #[error("{0}")]
     Manifest(String),
+    /// An `L7LogsFileAggregation*` setting with a value Felix does not define.
+    #[error("{setting} must be one of {expected}, not {value}")]
+    Aggregation {
+        /// Felix's name of the setting.
+        setting: &'static str,
+        /// What was given.
+        value: String,
+        /// What it may be.
+        expected: String,
+    },
 }
 
 /// `collectLogs`.
@@ -117,6 +132,8 @@ pub struct LogCollection {
     pub interval_seconds: NonZeroU32,
     /// The cap on distinct records per interval.
     pub requests_per_interval: RequestLimit,
+    /// Which fields make up a record's key (Felix's `L7LogsFileAggregation*`).
+    pub aggregation: Aggregation,
 }
 
 impl Default for LogCollection {
@@ -125,8 +142,209 @@ impl Default for LogCollection {
             collect_logs: CollectLogs::Enabled,
             interval_seconds: NonZeroU32::new(DEFAULT_INTERVAL_SECONDS).unwrap_or(NonZeroU32::MIN),
             requests_per_interval: RequestLimit::Unlimited,
+            aggregation: Aggregation::default(),
         }
     }
+}
+
+/// Whether a group of fields is part of the records' key; excluded fields are written as
+/// `-` (or 0 for ports), so requests that differ only there share a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inclusion {
+    /// Kept in the key.
+    Include,
+    /// Written as `-` and left out of the key.
+    Exclude,
+}
+
+/// `L7LogsFileAggregationTrimURL`: how much of the URL (`authority` + path) a record keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrimUrl {
+    /// `IncludeL7FullURL`: the authority and the path; with `NumURLPath` of 0 or more the
+    /// query string is dropped and the path cut to that many segments (Felix does the same).
+    #[default]
+    IncludeFullUrl,
+    /// `TrimURLQuery`: the authority and the whole path, without query string.
+    TrimQuery,
+    /// `TrimURLQueryAndPath`: the authority only.
+    TrimQueryAndPath,
+    /// `ExcludeL7URL`: no URL (`-`).
+    Exclude,
+}
+
+/// Felix's L7 aggregation settings (`FelixConfiguration` `L7LogsFileAggregation*`), with
+/// Felix's defaults: everything in the key but the HTTP header info (`user_agent`, and with it
+/// `type`, as Felix does), the URL cut to 5 path segments and 250 characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Aggregation {
+    /// `L7LogsFileAggregationHTTPHeaderInfo` (`IncludeL7HTTPHeaderInfo`,
+    /// `ExcludeL7HTTPHeaderInfo`): `user_agent` and `type`.
+    pub http_header_info: Inclusion,
+    /// `L7LogsFileAggregationHTTPMethod` (`IncludeL7HTTPMethod`, `ExcludeL7HTTPMethod`).
+    pub http_method: Inclusion,
+    /// `L7LogsFileAggregationServiceInfo` (`IncludeL7ServiceInfo`, `ExcludeL7ServiceInfo`):
+    /// `dest_service_name`, `dest_service_namespace`, `dest_service_port`.
+    pub service_info: Inclusion,
+    /// `L7LogsFileAggregationDestinationInfo` (`IncludeL7DestinationInfo`,
+    /// `ExcludeL7DestinationInfo`): `dest_name_aggr`, `dest_namespace`, `dest_type`,
+    /// `dest_port_num`.
+    pub destination_info: Inclusion,
+    /// `L7LogsFileAggregationSourceInfo` (`IncludeL7SourceInfoNoPort`, the default,
+    /// `IncludeL7SourceInfo`, `ExcludeL7SourceInfo`): `src_name_aggr`, `src_namespace`,
+    /// `src_type`. Records never carry the source port, so both `Include` values mean the same.
+    pub source_info: Inclusion,
+    /// `L7LogsFileAggregationResponseCode` (`IncludeL7ResponseCode`,
+    /// `ExcludeL7ResponseCode`): `response_code`, and `grpc_status`, the other status of a
+    /// response.
+    pub response_code: Inclusion,
+    /// `L7LogsFileAggregationTrimURL`.
+    pub trim_url: TrimUrl,
+    /// `L7LogsFileAggregationNumURLPath`: with `IncludeL7FullURL`, at most this many path
+    /// segments; negative: the path as sent, query string included.
+    pub num_url_path: i32,
+    /// `L7LogsFileAggregationURLCharLimit`: at most this many bytes of authority and path
+    /// together (the path is cut first).
+    pub url_char_limit: u32,
+}
+
+/// `L7LogsFileAggregationNumURLPath` when nothing says otherwise.
+pub const DEFAULT_NUM_URL_PATH: i32 = 5;
+/// `L7LogsFileAggregationURLCharLimit` when nothing says otherwise.
+pub const DEFAULT_URL_CHAR_LIMIT: u32 = 250;
+
+impl Default for Aggregation {
+    fn default() -> Self {
+        Self {
+            http_header_info: Inclusion::Exclude,
+            http_method: Inclusion::Include,
+            service_info: Inclusion::Include,
+            destination_info: Inclusion::Include,
+            source_info: Inclusion::Include,
+            response_code: Inclusion::Include,
+            trim_url: TrimUrl::IncludeFullUrl,
+            num_url_path: DEFAULT_NUM_URL_PATH,
+            url_char_limit: DEFAULT_URL_CHAR_LIMIT,
+        }
+    }
+}
+
+/// A Felix setting that takes an `Include…`/`Exclude…` value.
+struct Knob {
+    setting: &'static str,
+    include: &'static [&'static str],
+    exclude: &'static str,
+}
+
+impl Knob {
+    fn parse(&self, text: &str) -> Result<Inclusion, ConfigError> {
+        let t = text.trim();
+        if self.include.contains(&t) {
+            Ok(Inclusion::Include)
+        } else if t == self.exclude {
+            Ok(Inclusion::Exclude)
+        } else {
+            let mut known = self.include.to_vec();
+            known.push(self.exclude);
+            Err(ConfigError::Aggregation {
+                setting: self.setting,
+                value: format!("{text:?}"),
+                expected: known.join(", "),
+            })
+        }
+    }
+}
+
+/// `L7LogsFileAggregationHTTPHeaderInfo`.
+pub fn parse_http_header_info(text: &str) -> Result<Inclusion, ConfigError> {
+    Knob {
+        setting: "L7LogsFileAggregationHTTPHeaderInfo",
+        include: &["IncludeL7HTTPHeaderInfo"],
+        exclude: "ExcludeL7HTTPHeaderInfo",
+    }
+    .parse(text)
+}
+
+/// `L7LogsFileAggregationHTTPMethod`.
+pub fn parse_http_method(text: &str) -> Result<Inclusion, ConfigError> {
+    Knob {
+        setting: "L7LogsFileAggregationHTTPMethod",
+        include: &["IncludeL7HTTPMethod"],
+        exclude: "ExcludeL7HTTPMethod",
+    }
+    .parse(text)
+}
+
+/// `L7LogsFileAggregationServiceInfo`.
+pub fn parse_service_info(text: &str) -> Result<Inclusion, ConfigError> {
+    Knob {
+        setting: "L7LogsFileAggregationServiceInfo",
+        include: &["IncludeL7ServiceInfo"],
+        exclude: "ExcludeL7ServiceInfo",
+    }
+    .parse(text)
+}
+
+/// `L7LogsFileAggregationDestinationInfo`.
+pub fn parse_destination_info(text: &str) -> Result<Inclusion, ConfigError> {
+    Knob {
+        setting: "L7LogsFileAggregationDestinationInfo",
+        include: &["IncludeL7DestinationInfo"],
+        exclude: "ExcludeL7DestinationInfo",
+    }
+    .parse(text)
+}
+
+/// `L7LogsFileAggregationSourceInfo`.
+pub fn parse_source_info(text: &str) -> Result<Inclusion, ConfigError> {
+    Knob {
+        setting: "L7LogsFileAggregationSourceInfo",
+        include: &["IncludeL7SourceInfoNoPort", "IncludeL7SourceInfo"],
+        exclude: "ExcludeL7SourceInfo",
+    }
+    .parse(text)
+}
+
+/// `L7LogsFileAggregationResponseCode`.
+pub fn parse_response_code(text: &str) -> Result<Inclusion, ConfigError> {
+    Knob {
+        setting: "L7LogsFileAggregationResponseCode",
+        include: &["IncludeL7ResponseCode"],
+        exclude: "ExcludeL7ResponseCode",
+    }
+    .parse(text)
+}
+
+/// `L7LogsFileAggregationTrimURL`.
+pub fn parse_trim_url(text: &str) -> Result<TrimUrl, ConfigError> {
+    match text.trim() {
+        "IncludeL7FullURL" => Ok(TrimUrl::IncludeFullUrl),
+        "TrimURLQuery" => Ok(TrimUrl::TrimQuery),
+        "TrimURLQueryAndPath" => Ok(TrimUrl::TrimQueryAndPath),
+        "ExcludeL7URL" => Ok(TrimUrl::Exclude),
+        _ => Err(ConfigError::Aggregation {
+            setting: "L7LogsFileAggregationTrimURL",
+            value: format!("{text:?}"),
+            expected: "IncludeL7FullURL, TrimURLQuery, TrimURLQueryAndPath, ExcludeL7URL".into(),
+        }),
+    }
+}
+
+/// `L7LogsFileAggregationNumURLPath`: a whole number; negative for no limit.
+pub fn parse_num_url_path(text: &str) -> Result<i32, ConfigError> {
+    text.trim().parse().map_err(|_| ConfigError::Aggregation {
+        setting: "L7LogsFileAggregationNumURLPath",
+        value: format!("{text:?}"),
+        expected: "a whole number (negative: no limit)".into(),
+    })
+}
+
+/// `L7LogsFileAggregationURLCharLimit`: a whole number of at least 0.
+pub fn parse_url_char_limit(text: &str) -> Result<u32, ConfigError> {
+    text.trim().parse().map_err(|_| ConfigError::Aggregation {
+        setting: "L7LogsFileAggregationURLCharLimit",
+        value: format!("{text:?}"),
+        expected: "a whole number of at least 0".into(),
+    })
 }
 
 impl LogCollection {
@@ -152,6 +370,7 @@ pub fn resolve(flags: Settings, file: Option<Settings>) -> LogCollection {
     let file = file.unwrap_or_default();
     let default = LogCollection::default();
     LogCollection {
+        aggregation: default.aggregation,
         collect_logs: flags
             .collect_logs
             .or(file.collect_logs)
@@ -441,6 +660,82 @@ spec:
         );
         let two_others = format!("{other}---\n{other}");
         assert!(parse_application_layer(&two_others).is_err());
+    }
+
+    #[test]
+    fn aggregation_values_are_felixs() {
+        let d = Aggregation::default();
+        assert_eq!(
+            (d.http_header_info, d.http_method, d.trim_url),
+            (
+                Inclusion::Exclude,
+                Inclusion::Include,
+                TrimUrl::IncludeFullUrl
+            )
+        );
+        assert_eq!((d.num_url_path, d.url_char_limit), (5, 250));
+        assert_eq!(LogCollection::default().aggregation, d);
+        for (parse, include, exclude) in [
+            (
+                parse_http_header_info as fn(&str) -> Result<Inclusion, ConfigError>,
+                "IncludeL7HTTPHeaderInfo",
+                "ExcludeL7HTTPHeaderInfo",
+            ),
+            (
+                parse_http_method,
+                "IncludeL7HTTPMethod",
+                "ExcludeL7HTTPMethod",
+            ),
+            (
+                parse_service_info,
+                "IncludeL7ServiceInfo",
+                "ExcludeL7ServiceInfo",
+            ),
+            (
+                parse_destination_info,
+                "IncludeL7DestinationInfo",
+                "ExcludeL7DestinationInfo",
+            ),
+            (
+                parse_source_info,
+                "IncludeL7SourceInfo",
+                "ExcludeL7SourceInfo",
+            ),
+            (
+                parse_response_code,
+                "IncludeL7ResponseCode",
+                "ExcludeL7ResponseCode",
+            ),
+        ] {
+            assert_eq!(parse(include), Ok(Inclusion::Include));
+            assert_eq!(parse(exclude), Ok(Inclusion::Exclude));
+            let e = parse("Exclude").unwrap_err().to_string();
+            assert!(
+                e.contains(exclude) && e.contains("L7LogsFileAggregation"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            parse_source_info("IncludeL7SourceInfoNoPort"),
+            Ok(Inclusion::Include)
+        );
+        assert!(parse_http_method("ExcludeL7ResponseCode").is_err());
+        assert_eq!(
+            parse_trim_url("IncludeL7FullURL"),
+            Ok(TrimUrl::IncludeFullUrl)
+        );
+        assert_eq!(parse_trim_url("TrimURLQuery"), Ok(TrimUrl::TrimQuery));
+        assert_eq!(
+            parse_trim_url("TrimURLQueryAndPath"),
+            Ok(TrimUrl::TrimQueryAndPath)
+        );
+        assert_eq!(parse_trim_url("ExcludeL7URL"), Ok(TrimUrl::Exclude));
+        assert!(parse_trim_url("IncludeL7FulURL").is_err());
+        assert_eq!(parse_num_url_path("-1"), Ok(-1));
+        assert_eq!(parse_num_url_path("0"), Ok(0));
+        assert!(parse_num_url_path("five").is_err());
+        assert_eq!(parse_url_char_limit("0"), Ok(0));
+        assert!(parse_url_char_limit("-1").is_err());
     }
 
     #[test]

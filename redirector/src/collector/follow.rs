@@ -302,7 +302,12 @@ impl Follower {
     fn emit(&mut self, line: &[u8], newline: u64, out: &mut Vec<String>) {
         self.stats.lines += 1;
         self.stats.bytes += line.len() as u64 + newline;
-        out.push(String::from_utf8_lossy(line).into_owned());
+        // Valid UTF-8 (every line Envoy writes) is copied as it is; only a broken line pays
+        // for the replacement.
+        out.push(match std::str::from_utf8(line) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(line).into_owned(),
+        });
     }
 }
 

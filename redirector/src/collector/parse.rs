@@ -6,10 +6,15 @@
 //! fill may be `null`, `"-"` or absent; but a line that is not a JSON object, has no known
 //! `type`, or holds a non-numeric duration or byte count is an error, which the caller counts
 //! and skips.
+//!
+//! Speed: the collector parses every request's line, so the line is read straight into a short
+//! list of fields that borrow their text from it (strings without escapes, which is all of
+//! them in practice), not into a `serde_json::Value` that allocates every key and value.
 
-use std::{fmt, net::SocketAddr};
+use std::{borrow::Cow, fmt, net::SocketAddr};
 
-use serde_json::{Map, Value};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
 
 /// What Envoy logged the line for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -17,7 +22,8 @@ pub enum Kind {
     /// One HTTP request (the `http` filter chain).
     #[default]
     Http,
-    /// One TCP connection that was not recognised as HTTP (the `tcp` chain).
+    /// One TCP connection that was not recognised as HTTP (the `tcp` chain, and the `tls`
+    /// chain, whose lines say `"type": "tls"` and set [`Entry::tls`]).
     Tcp,
 }
 
@@ -56,6 +62,33 @@ pub struct Entry {
     /// `downstream_local_address`: with the `original_dst` listener filter, the address and
     /// port the client connected to (a Service's ClusterIP, say).
     pub original_destination: Option<SocketAddr>,
+    /// A TLS connection passed through untouched (the `tls` chain).
+    pub tls: bool,
+    /// `requested_server_name`: the SNI a TLS client sent.
+    pub requested_server_name: Option<String>,
+    /// `content_type`: the request's `content-type` (`application/grpc…` for gRPC).
+    pub content_type: Option<String>,
+    /// `grpc_status`: Envoy's `%GRPC_STATUS(NUMBER)%`, which Envoy also derives from the
+    /// HTTP status of requests that are not gRPC: see [`Entry::grpc_call_status`].
+    pub grpc_status: Option<u64>,
+    /// `upgrade`: the request's `upgrade` header (`websocket`).
+    pub upgrade: Option<String>,
+}
+
+impl Entry {
+    /// Whether the request is a gRPC call (its content type is `application/grpc`, or
+    /// `application/grpc+proto` and the like).
+    pub fn is_grpc(&self) -> bool {
+        self.content_type.as_deref().is_some_and(|t| {
+            t.get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+        })
+    }
+
+    /// The gRPC status of a gRPC call, `None` for anything else.
+    pub fn grpc_call_status(&self) -> Option<u64> {
+        self.grpc_status.filter(|_| self.is_grpc())
+    }
 }
 
 /// Why a line is not an entry.
@@ -82,21 +115,19 @@ pub enum ParseError {
 
 /// Parses one line (without its newline).
 pub fn parse_line(line: &str) -> Result<Entry, ParseError> {
-    let value: Value =
-        serde_json::from_str(line.trim()).map_err(|e| ParseError::NotJson(e.to_string()))?;
-    let Value::Object(fields) = value else {
-        return Err(ParseError::NotAnObject);
-    };
-    let kind = match fields.get("type") {
-        Some(Value::String(t)) if t == "http" => Kind::Http,
-        Some(Value::String(t)) if t == "tcp" => Kind::Tcp,
-        other => {
-            return Err(ParseError::UnknownType(
-                other.map_or_else(|| "(none)".to_string(), Value::to_string),
-            ));
+    let f = Fields::of(line.trim())
+        .map_err(|e| ParseError::NotJson(e.to_string()))?
+        .ok_or(ParseError::NotAnObject)?;
+    let kind = match f.str("type") {
+        Some("http") => Kind::Http,
+        Some("tcp" | "tls") => Kind::Tcp,
+        _ => {
+            return Err(ParseError::UnknownType(match f.get("type") {
+                Some(_) => f.raw("type"),
+                None => "(none)".to_string(),
+            }));
         }
     };
-    let f = Fields(&fields);
     Ok(Entry {
         kind,
         start_time: f.text("start_time"),
@@ -119,20 +150,184 @@ pub fn parse_line(line: &str) -> Result<Entry, ParseError> {
         authority: f.text("authority"),
         source: f.address("downstream_remote_address"),
         original_destination: f.address("downstream_local_address"),
+        tls: f.str("type") == Some("tls"),
+        requested_server_name: f.text("requested_server_name"),
+        content_type: f.text("content_type"),
+        grpc_status: f.number("grpc_status")?,
+        upgrade: f.text("upgrade"),
     })
 }
 
-/// Typed access to an entry's fields.
-struct Fields<'a>(&'a Map<String, Value>);
+/// One value of a line, borrowed from it where it can be.
+#[derive(Debug)]
+enum Raw<'a> {
+    Str(Cow<'a, str>),
+    Num(Number),
+    Null,
+    /// A boolean, array or object: nothing Envoy writes for the fields read here.
+    Other(Value),
+}
 
-impl Fields<'_> {
+impl fmt::Display for Raw<'_> {
+    /// As JSON, the way `serde_json::Value` shows it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Str(s) => write!(f, "{}", Value::String(s.to_string())),
+            Self::Num(n) => write!(f, "{n}"),
+            Self::Null => f.write_str("null"),
+            Self::Other(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Owned(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Raw::Num(v.into()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Raw::Num(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        // JSON has no NaN or infinity, so this is always a number.
+        Ok(Number::from_f64(v).map_or(Raw::Null, Raw::Num))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Raw::Other(Value::Bool(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Raw::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(Raw::Other)
+    }
+}
+
+impl<'de> Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawVisitor)
+    }
+}
+
+/// A key, borrowed where it can be.
+struct Key<'a>(Cow<'a, str>);
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The fields of a line's object, in order; `None` for JSON that is not an object.
+struct LineVisitor;
+
+impl<'de> Visitor<'de> for LineVisitor {
+    type Value = Option<Vec<(Cow<'de, str>, Raw<'de>)>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(24);
+        while let Some(Key(key)) = map.next_key()? {
+            out.push((key, map.next_value()?));
+        }
+        Ok(Some(out))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Typed access to an entry's fields.
+struct Fields<'a>(Vec<(Cow<'a, str>, Raw<'a>)>);
+
+impl<'a> Fields<'a> {
+    /// Reads `line`'s JSON: an error when it is not JSON, `None` when it is not an object.
+    fn of(line: &'a str) -> Result<Option<Self>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(line);
+        let fields = de.deserialize_any(LineVisitor)?;
+        de.end()?;
+        Ok(fields.map(Self))
+    }
+
+    /// A field's value; of a key given twice, the last (as `serde_json::Value` keeps it).
+    fn get(&self, name: &str) -> Option<&Raw<'a>> {
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// A string field as it is, `None` for anything else.
+    fn str(&self, name: &str) -> Option<&str> {
+        match self.get(name)? {
+            Raw::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// A string field; `null`, `"-"`, empty or absent: `None`.
     fn text(&self, name: &str) -> Option<String> {
-        match self.0.get(name)? {
-            Value::String(s) if s.is_empty() || s == "-" => None,
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            other => Some(other.to_string()),
+        match self.get(name)? {
+            Raw::Str(s) if s.is_empty() || s == "-" => None,
+            Raw::Str(s) => Some(s.to_string()),
+            Raw::Null => None,
+            Raw::Num(n) => Some(n.to_string()),
+            Raw::Other(v) => Some(v.to_string()),
         }
     }
 
@@ -143,22 +338,26 @@ impl Fields<'_> {
             field: name,
             value: self.raw(name),
         };
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(bad),
-            Some(Value::String(s)) if s.is_empty() || s == "-" => Ok(None),
-            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
-            Some(_) => Err(bad()),
+        match self.get(name) {
+            None | Some(Raw::Null) => Ok(None),
+            Some(Raw::Num(n)) => n.as_u64().map(Some).ok_or_else(bad),
+            Some(Raw::Str(s)) if s.is_empty() || s == "-" => Ok(None),
+            Some(Raw::Str(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+            Some(Raw::Other(_)) => Err(bad()),
         }
     }
 
     /// An `ip:port` (or `[ip6]:port`) field; anything else (a Unix socket path): `None`.
     fn address(&self, name: &str) -> Option<SocketAddr> {
-        self.text(name)?.parse().ok()
+        match self.get(name)? {
+            Raw::Str(s) => s.parse().ok(),
+            _ => None,
+        }
     }
 
+    /// A field as JSON text, empty when absent.
     fn raw(&self, name: &str) -> String {
-        self.0.get(name).map_or_else(String::new, Value::to_string)
+        self.get(name).map_or_else(String::new, Raw::to_string)
     }
 }
 
@@ -221,6 +420,63 @@ mod tests {
         assert_eq!(e.bytes_sent, 0);
         assert_eq!(e.user_agent, None);
         assert_eq!(e.source, None, "a Unix socket has no address");
+    }
+
+    #[test]
+    fn grpc_tls_and_upgrade_fields() {
+        let grpc = r#"{"type":"http","method":"POST","path":"/l7r.Echo/Fail","protocol":"HTTP/2","response_code":200,"content_type":"application/grpc","grpc_status":"5"}"#;
+        let e = parse_line(grpc).unwrap();
+        assert!(e.is_grpc());
+        assert_eq!((e.response_code, e.grpc_call_status()), (200, Some(5)));
+        // Envoy derives a gRPC status from the HTTP status of any request: only a gRPC call
+        // has one.
+        let plain =
+            r#"{"type":"http","response_code":200,"content_type":"text/plain","grpc_status":"0"}"#;
+        assert_eq!(parse_line(plain).unwrap().grpc_call_status(), None);
+        let ws = r#"{"type":"http","method":"GET","response_code":101,"upgrade":"websocket"}"#;
+        assert_eq!(
+            parse_line(ws).unwrap().upgrade.as_deref(),
+            Some("websocket")
+        );
+        let tls = r#"{"type":"tls","duration":5,"requested_server_name":"secure.shop","bytes_received":517}"#;
+        let e = parse_line(tls).unwrap();
+        assert_eq!(e.kind, Kind::Tcp);
+        assert!(e.tls);
+        assert_eq!(e.requested_server_name.as_deref(), Some("secure.shop"));
+        assert!(!parse_line(HTTP).unwrap().tls);
+    }
+
+    #[test]
+    fn escapes_duplicates_and_nested_values_read_as_serde_json_would() {
+        let line = r#"{"type":"http","path":"/a\"b\u00e9","path2":{"x":[1,2]},"method":"GET","method":"PUT","user_agent":true,"authority":12}"#;
+        let e = parse_line(line).unwrap();
+        assert_eq!(e.path.as_deref(), Some("/a\"bé"), "escapes are decoded");
+        assert_eq!(
+            e.method.as_deref(),
+            Some("PUT"),
+            "the last of a key given twice"
+        );
+        assert_eq!(e.user_agent.as_deref(), Some("true"));
+        assert_eq!(e.authority.as_deref(), Some("12"));
+        assert!(matches!(
+            parse_line(r#"{"type":"http","duration":1.5}"#),
+            Err(ParseError::NotANumber { field: "duration", value }) if value == "1.5"
+        ));
+        assert!(matches!(
+            parse_line(r#"{"type":"http","duration":[1]}"#),
+            Err(ParseError::NotANumber { field: "duration", value }) if value == "[1]"
+        ));
+        assert_eq!(
+            parse_line(r#"{"type":7}"#),
+            Err(ParseError::UnknownType("7".into()))
+        );
+        assert_eq!(
+            parse_line(r#"{"type":"udp"}"#),
+            Err(ParseError::UnknownType("\"udp\"".into()))
+        );
+        assert_eq!(parse_line("42"), Err(ParseError::NotAnObject));
+        assert_eq!(parse_line(r#""text""#), Err(ParseError::NotAnObject));
+        assert!(matches!(parse_line("{} {}"), Err(ParseError::NotJson(_))));
     }
 
     #[test]

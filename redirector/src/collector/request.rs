@@ -2,9 +2,16 @@
 //! [`NameIndex`], method, URL path, response code, user agent, protocol type) and its
 //! [`Measure`]. Pure.
 //!
-//! - `url` is the request path without its query string or fragment: the reference product
-//!   aggregates by URL path, and query strings would both split records without end and carry
-//!   values (tokens, identifiers) that have no place in logs.
+//! - `url` is the request's authority and target as the reference product builds it
+//!   (`web.shop/users/1?x=1`; a CONNECT's is its authority alone): the aggregation trims it
+//!   ([`super::config::Aggregation`]; by default to 5 path segments and 250 characters, without
+//!   the query string, whose values, tokens and identifiers, would both split records without
+//!   end and have no place in logs).
+//! - `protocol` says what the request or connection carried: `grpc` (content type
+//!   `application/grpc`), `websocket` (an `upgrade: websocket` request), `connect` (a CONNECT
+//!   tunnel), `http`; `tls` (passed through, `tls_sni` the server name it asked for) or `tcp`.
+//! - `grpc_status` is a gRPC call's status (`0` is OK; a failed call still answers HTTP 200),
+//!   `-` for anything else.
 //! - `type` is the protocol Envoy saw, lower-cased (`http/1.1`, `http/2`); a connection that
 //!   was not HTTP is `tcp`, with method, URL, user agent and response code `-`.
 //! - `response_code` is a string, as the reference product stores it (`"200"`; `"0"` when
@@ -28,6 +35,7 @@ pub fn request(entry: &Entry, names: &NameIndex) -> (Key, Measure) {
     };
     let text = |v: &Option<String>| v.clone().unwrap_or_else(|| NONE.to_string());
     let http = entry.kind == Kind::Http;
+    let connect = http && entry.method.as_deref() == Some("CONNECT");
     let key = Key {
         src_name_aggr: source.name_aggr,
         src_namespace: source.namespace,
@@ -44,9 +52,13 @@ pub fn request(entry: &Entry, names: &NameIndex) -> (Key, Measure) {
         } else {
             NONE.into()
         },
-        url: match (&entry.path, http) {
-            (Some(path), true) => url_path(path).to_string(),
-            _ => NONE.into(),
+        url: match (http, &entry.authority, &entry.path) {
+            (false, _, _) | (true, None, None) => NONE.into(),
+            (true, authority, path) => format!(
+                "{}{}",
+                authority.as_deref().unwrap_or_default(),
+                path.as_deref().unwrap_or_default()
+            ),
         },
         response_code: if http {
             entry.response_code.to_string()
@@ -63,6 +75,26 @@ pub fn request(entry: &Entry, names: &NameIndex) -> (Key, Measure) {
             (Kind::Http, Some(p)) => p.to_ascii_lowercase(),
             (Kind::Http, None) => NONE.into(),
         },
+        protocol: match entry.kind {
+            Kind::Tcp if entry.tls => "tls",
+            Kind::Tcp => "tcp",
+            Kind::Http if connect => "connect",
+            Kind::Http if entry.is_grpc() => "grpc",
+            Kind::Http
+                if entry
+                    .upgrade
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case("websocket")) =>
+            {
+                "websocket"
+            }
+            Kind::Http => "http",
+        }
+        .into(),
+        grpc_status: entry
+            .grpc_call_status()
+            .map_or_else(|| NONE.to_string(), |s| s.to_string()),
+        tls_sni: text(&entry.requested_server_name),
     };
     let measure = Measure {
         duration_ms: entry.duration_ms,
@@ -133,7 +165,7 @@ status: {podIP: 10.77.2.2}
 
     #[test]
     fn an_http_request_through_a_service() {
-        let line = r#"{"type":"http","duration":9,"upstream_service_time":"2","method":"GET","path":"/status/404?debug=1#x","protocol":"HTTP/1.1","response_code":404,"bytes_received":12,"bytes_sent":34,"user_agent":"curl/8","downstream_remote_address":"10.77.1.2:40000","downstream_local_address":"10.96.0.10:80"}"#;
+        let line = r#"{"type":"http","duration":9,"upstream_service_time":"2","method":"GET","path":"/status/404?debug=1#x","protocol":"HTTP/1.1","response_code":404,"bytes_received":12,"bytes_sent":34,"user_agent":"curl/8","authority":"web.shop","downstream_remote_address":"10.77.1.2:40000","downstream_local_address":"10.96.0.10:80"}"#;
         let (key, measure) = request(&parse_line(line).unwrap(), &names());
         assert_eq!(
             key,
@@ -149,10 +181,13 @@ status: {podIP: 10.77.2.2}
                 dest_service_port: 80,
                 dest_port_num: 80,
                 method: "GET".into(),
-                url: "/status/404".into(),
+                url: "web.shop/status/404?debug=1#x".into(),
                 response_code: "404".into(),
                 user_agent: "curl/8".into(),
                 protocol_type: "http/1.1".into(),
+                protocol: "http".into(),
+                grpc_status: "-".into(),
+                tls_sni: "-".into(),
             }
         );
         assert_eq!(
@@ -209,6 +244,63 @@ status: {podIP: 10.77.2.2}
         assert_eq!(
             (key.method.as_str(), key.url.as_str(), key.src_type.as_str()),
             ("-", "-", "-")
+        );
+    }
+
+    #[test]
+    fn grpc_websocket_connect_and_tls() {
+        let n = names();
+        let key = |line: &str| request(&parse_line(line).unwrap(), &n).0;
+        let grpc = key(
+            r#"{"type":"http","method":"POST","path":"/l7r.Echo/Fail","authority":"10.96.0.10:80","protocol":"HTTP/2","response_code":200,"content_type":"application/grpc","grpc_status":5}"#,
+        );
+        assert_eq!(
+            (
+                grpc.protocol.as_str(),
+                grpc.response_code.as_str(),
+                grpc.grpc_status.as_str(),
+                grpc.url.as_str()
+            ),
+            ("grpc", "200", "5", "10.96.0.10:80/l7r.Echo/Fail")
+        );
+        let ws = key(
+            r#"{"type":"http","method":"GET","path":"/chat","response_code":101,"upgrade":"WebSocket","grpc_status":"2"}"#,
+        );
+        assert_eq!(
+            (
+                ws.protocol.as_str(),
+                ws.grpc_status.as_str(),
+                ws.url.as_str()
+            ),
+            ("websocket", "-", "/chat")
+        );
+        let connect = key(
+            r#"{"type":"http","method":"CONNECT","authority":"10.77.2.2:8000","response_code":200}"#,
+        );
+        assert_eq!(
+            (
+                connect.protocol.as_str(),
+                connect.url.as_str(),
+                connect.method.as_str()
+            ),
+            ("connect", "10.77.2.2:8000", "CONNECT")
+        );
+        let tls = key(
+            r#"{"type":"tls","requested_server_name":"secure.shop","downstream_local_address":"10.96.0.10:443"}"#,
+        );
+        assert_eq!(
+            (
+                tls.protocol.as_str(),
+                tls.tls_sni.as_str(),
+                tls.protocol_type.as_str(),
+                tls.url.as_str()
+            ),
+            ("tls", "secure.shop", "tcp", "-")
+        );
+        let plain = key(r#"{"type":"tcp"}"#);
+        assert_eq!(
+            (plain.protocol.as_str(), plain.tls_sni.as_str()),
+            ("tcp", "-")
         );
     }
 

@@ -15,6 +15,7 @@
 //! - [`manifests`]: Service manifests and the daemon's services file.
 //! - [`load`]: a steady load from the client pod (new connections, or keep-alive ones), and
 //!   what failed in it.
+//! - [`protocols`]: real gRPC, WebSocket, TLS and CONNECT servers and clients.
 //! - [`termination`]: the proxy pod's termination as `deploy/proxy-daemonset.yaml` and the
 //!   kubelet do it (pre-stop hooks, SIGTERM, grace period).
 //! - [`e2e`]: the end-to-end world: a Service behind a ClusterIP, Envoy and the daemon.
@@ -34,6 +35,7 @@ pub mod load;
 pub mod manifests;
 pub mod netns;
 pub mod process;
+pub mod protocols;
 pub mod proxy;
 pub mod sys;
 pub mod termination;
