@@ -19,12 +19,14 @@
 //! - [`aggregate`]: per-interval records, the `logRequestsPerInterval` cap (pure).
 //! - [`istio`]: an entry as the labels of Istio's metrics, and the route label (pure).
 //! - [`exporter`]: Istio's metrics, per entry, served on `--metrics-addr`.
+//! - [`graph`]: the service graph of the last minute (pure), and its page on `--ui-addr`.
 //! - [`host`]: this node's name and addresses.
 
 pub mod aggregate;
 pub mod config;
 pub mod exporter;
 pub mod follow;
+pub mod graph;
 pub mod host;
 pub mod istio;
 pub mod names;
@@ -53,6 +55,7 @@ use self::{
     config::{CollectLogs, LogCollection},
     exporter::{IstioMetrics, Recorder},
     follow::{FollowStats, Follower},
+    graph::server::LiveGraph,
     names::NameIndex,
 };
 use crate::k8s::{
@@ -86,6 +89,8 @@ pub struct CollectOptions {
     pub summary_interval: Duration,
     /// Serve Istio's metrics, if asked for.
     pub metrics: Option<MetricsOptions>,
+    /// Serve the service graph page here, if asked for.
+    pub ui_addr: Option<SocketAddr>,
 }
 
 /// `--metrics-addr` and its companions.
@@ -131,6 +136,17 @@ pub async fn run(opts: CollectOptions) -> Result<()> {
         }
         None => (None, None),
     };
+    let (graph, _ui_server) = match opts.ui_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --ui-addr {addr}"))?;
+            let graph = Arc::new(LiveGraph::new(graph::Limits::default()));
+            let server = AbortOnDrop(graph::server::serve(listener, graph.clone()));
+            (Some(graph), Some(server))
+        }
+        None => (None, None),
+    };
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
     let _sources = sources::start(
@@ -154,6 +170,7 @@ pub async fn run(opts: CollectOptions) -> Result<()> {
 
     let mut collector = Collector::new(&config, host, host_addresses);
     collector.metrics = recorder;
+    collector.graph = graph;
     let mut poll = tokio::time::interval(opts.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval_at(Instant::now() + config.interval(), config.interval());
@@ -223,6 +240,10 @@ struct Collector {
     lines: Vec<String>,
     /// Istio's metrics, with `--metrics-addr`.
     metrics: Option<Recorder>,
+    /// The service graph, with `--ui-addr`.
+    graph: Option<Arc<LiveGraph>>,
+    /// This read's observations for the graph (kept to reuse the allocation).
+    observations: Vec<graph::Observation>,
 }
 
 impl Collector {
@@ -233,13 +254,18 @@ impl Collector {
             names_stale: true,
             host,
             host_addresses,
-            aggregator: Aggregator::new(config.requests_per_interval.max_records()),
+            aggregator: Aggregator::with_aggregation(
+                config.requests_per_interval.max_records(),
+                config.aggregation,
+            ),
             interval_start: unix_now(),
             counters: Tally::default(),
             reported: Tally::default(),
             last_read_error: None,
             lines: Vec::new(),
             metrics: None,
+            graph: None,
+            observations: Vec::new(),
         }
     }
 
@@ -290,6 +316,9 @@ impl Collector {
                     if let Some(metrics) = &mut self.metrics {
                         metrics.record(&entry, &self.names);
                     }
+                    if self.graph.is_some() {
+                        self.observations.push(graph::observe(&entry, &self.names));
+                    }
                     let (key, measure) = request::request(&entry, &self.names);
                     self.aggregator.add(key, measure);
                     self.counters.requests += 1;
@@ -300,6 +329,10 @@ impl Collector {
                     debug!(error = %e, line = %start, "skipping an access log line that does not parse");
                 }
             }
+        }
+        if let Some(graph) = &self.graph {
+            graph.record_all(&self.observations);
+            self.observations.clear();
         }
     }
 

@@ -259,6 +259,9 @@ fn top_shows_envoys_requests_in_a_terminal() -> Result<()> {
             .then_some(screen))
     })?;
     ensure!(screen.contains("5 requests, sorted by count"), "{screen}");
+    // Kept for the README, which shows a real frame rather than a drawing of one.
+    let frame = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("top-frame.txt");
+    std::fs::write(&frame, &screen).with_context(|| format!("cannot write {}", frame.display()))?;
     tmux.run(&["send-keys", "-t", "top", "s"])?;
     eventually("sorted by worst", Duration::from_secs(5), || {
         Ok(tmux.screen()?.contains("sorted by worst").then_some(()))
