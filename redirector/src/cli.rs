@@ -18,7 +18,10 @@ use redirector_common::DEFAULT_SERVICES_CAPACITY;
 use crate::{
     collector::{
         self, CollectOptions, DEFAULT_ACCESS_LOG,
-        config::{self, CollectLogs, LogCollection, RequestLimit, Settings},
+        config::{
+            self, Aggregation, CollectLogs, Inclusion, LogCollection, RequestLimit, Settings,
+            TrimUrl,
+        },
     },
     daemon::{self, RunOptions},
     dataplane::{self, DEFAULT_PIN_DIR, Dataplane},
@@ -28,6 +31,7 @@ use crate::{
         DEFAULT_PROXY_PORT, DEFAULT_PROXY_PORTS, ProxyConfigError, parse_mark, resolve_proxies,
     },
     proxy_drain::{self, DrainOptions},
+    return_path::{self, UpstreamSource},
     status,
     telemetry::{self, LogFormat},
     top::{self, TopOptions, stats::SortBy},
@@ -101,6 +105,13 @@ pub fn run() -> Result<()> {
                     removed.len()
                 );
             }
+            // The return path of `--upstream-source client`, whatever settings made it. The
+            // datapath is gone either way; without CAP_NET_ADMIN (the cleanup DaemonSet drops
+            // every capability) it can only be reported.
+            match return_path::apply::remove() {
+                Ok(pieces) => pieces.iter().for_each(|p| println!("removed {p}")),
+                Err(e) => eprintln!("warning: the return path was not removed: {e:#}"),
+            }
             if wait {
                 println!("this node is clean; waiting for SIGTERM");
                 std::io::Write::flush(&mut std::io::stdout())?;
@@ -164,8 +175,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove the programs and the pins: a clean uninstall. Connections already proxied keep
-    /// working; new ones go direct.
+    /// Remove the programs, the pins and the return path: a clean uninstall. New connections
+    /// go direct. Connections already proxied keep working with `--upstream-source node`; with
+    /// `client` their replies no longer reach Envoy, so they end.
     Detach {
         /// Where the maps and links are pinned.
         #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
@@ -448,6 +460,33 @@ pub struct RunArgs {
     /// Capacity of the services map when it is created.
     #[arg(long, default_value_t = DEFAULT_SERVICES_CAPACITY, value_name = "N")]
     pub services_capacity: u32,
+    /// The source address of the proxy's upstream connections: `node` (the node's address),
+    /// or `client` (the client pod's, with Envoy's original_src filter): the daemon then
+    /// installs, repairs and reports the return path (an nft table `inet l7_redirector`, an
+    /// `ip rule` per family and a `local default dev lo` route), and reports the proxy not
+    /// ready while it is missing, so traffic goes direct rather than hang.
+    #[arg(long, value_enum, default_value_t = UpstreamSource::Node)]
+    pub upstream_source: UpstreamSource,
+    /// With `--upstream-source client`: the SO_MARK bits the proxy sets on its upstream
+    /// sockets (deploy/envoy.yaml's `upstream_bind_config`), which tag their connections.
+    #[arg(long, default_value = "0x1000", value_name = "MARK", value_parser = return_path::rules::parse_u32)]
+    pub upstream_mark: u32,
+    /// With `--upstream-source client`: the packet mark bit of replies to the proxy's
+    /// upstream connections, which the `ip rule` routes to the proxy. The default avoids the
+    /// bits kube-proxy, Calico, Cilium and Istio use.
+    #[arg(long, default_value = "0x4", value_name = "BIT", value_parser = return_path::rules::parse_u32)]
+    pub return_mark: u32,
+    /// With `--upstream-source client`: the conntrack mark bit of the proxy's upstream
+    /// connections.
+    #[arg(long, default_value = "0x4", value_name = "BIT", value_parser = return_path::rules::parse_u32)]
+    pub return_ct_mark: u32,
+    /// With `--upstream-source client`: the routing table of the return path's local route.
+    #[arg(long, default_value_t = return_path::rules::DEFAULT_RETURN_TABLE, value_name = "TABLE")]
+    pub return_table: u32,
+    /// With `--upstream-source client`: the priority of the return path's `ip rule`, before
+    /// the main table's (32766).
+    #[arg(long, default_value_t = return_path::rules::DEFAULT_RETURN_RULE_PRIORITY, value_name = "PRIORITY")]
+    pub return_rule_priority: u32,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -475,6 +514,15 @@ impl RunArgs {
             proxy_admin: self.proxy_admin,
             shutdown_grace: self.shutdown_grace,
             services_capacity: self.services_capacity,
+            return_path: (self.upstream_source == UpstreamSource::Client).then_some(
+                return_path::Settings {
+                    upstream_mark: self.upstream_mark,
+                    ct_mark: self.return_ct_mark,
+                    fwmark: self.return_mark,
+                    table: self.return_table,
+                    priority: self.return_rule_priority,
+                },
+            ),
         })
     }
 }
@@ -508,6 +556,90 @@ pub struct CollectArgs {
         value_parser = config::parse_request_limit
     )]
     pub log_requests_per_interval: Option<RequestLimit>,
+    /// Felix's `L7LogsFileAggregationHTTPHeaderInfo`: IncludeL7HTTPHeaderInfo keeps
+    /// `user_agent` and `type` in the records' key; ExcludeL7HTTPHeaderInfo writes them as `-`.
+    #[arg(
+        long,
+        value_name = "IncludeL7HTTPHeaderInfo|ExcludeL7HTTPHeaderInfo",
+        default_value = "ExcludeL7HTTPHeaderInfo",
+        value_parser = config::parse_http_header_info
+    )]
+    pub l7_logs_file_aggregation_http_header_info: Inclusion,
+    /// Felix's `L7LogsFileAggregationHTTPMethod`: `method` in the key, or `-`.
+    #[arg(
+        long,
+        value_name = "IncludeL7HTTPMethod|ExcludeL7HTTPMethod",
+        default_value = "IncludeL7HTTPMethod",
+        value_parser = config::parse_http_method
+    )]
+    pub l7_logs_file_aggregation_http_method: Inclusion,
+    /// Felix's `L7LogsFileAggregationServiceInfo`: `dest_service_name`, `_namespace` and
+    /// `_port` in the key, or `-` and 0.
+    #[arg(
+        long,
+        value_name = "IncludeL7ServiceInfo|ExcludeL7ServiceInfo",
+        default_value = "IncludeL7ServiceInfo",
+        value_parser = config::parse_service_info
+    )]
+    pub l7_logs_file_aggregation_service_info: Inclusion,
+    /// Felix's `L7LogsFileAggregationDestinationInfo`: `dest_name_aggr`, `dest_namespace`,
+    /// `dest_type` and `dest_port_num` in the key, or `-` and 0.
+    #[arg(
+        long,
+        value_name = "IncludeL7DestinationInfo|ExcludeL7DestinationInfo",
+        default_value = "IncludeL7DestinationInfo",
+        value_parser = config::parse_destination_info
+    )]
+    pub l7_logs_file_aggregation_destination_info: Inclusion,
+    /// Felix's `L7LogsFileAggregationSourceInfo`: `src_name_aggr`, `src_namespace` and
+    /// `src_type` in the key, or `-` (records carry no source port, so IncludeL7SourceInfo and
+    /// IncludeL7SourceInfoNoPort are the same).
+    #[arg(
+        long,
+        value_name = "IncludeL7SourceInfoNoPort|IncludeL7SourceInfo|ExcludeL7SourceInfo",
+        default_value = "IncludeL7SourceInfoNoPort",
+        value_parser = config::parse_source_info
+    )]
+    pub l7_logs_file_aggregation_source_info: Inclusion,
+    /// Felix's `L7LogsFileAggregationResponseCode`: `response_code` and `grpc_status` in the
+    /// key, or `-`.
+    #[arg(
+        long,
+        value_name = "IncludeL7ResponseCode|ExcludeL7ResponseCode",
+        default_value = "IncludeL7ResponseCode",
+        value_parser = config::parse_response_code
+    )]
+    pub l7_logs_file_aggregation_response_code: Inclusion,
+    /// Felix's `L7LogsFileAggregationTrimURL`: IncludeL7FullURL (authority and path, cut to
+    /// --l7-logs-file-aggregation-num-url-path segments, without query string unless that is
+    /// negative), TrimURLQuery (authority and the whole path), TrimURLQueryAndPath (the
+    /// authority) or ExcludeL7URL (`-`).
+    #[arg(
+        long,
+        value_name = "IncludeL7FullURL|TrimURLQuery|TrimURLQueryAndPath|ExcludeL7URL",
+        default_value = "IncludeL7FullURL",
+        value_parser = config::parse_trim_url
+    )]
+    pub l7_logs_file_aggregation_trim_url: TrimUrl,
+    /// Felix's `L7LogsFileAggregationNumURLPath`: with IncludeL7FullURL, at most this many
+    /// path segments; negative keeps the path as sent, query string included.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "5",
+        allow_negative_numbers = true,
+        value_parser = config::parse_num_url_path
+    )]
+    pub l7_logs_file_aggregation_num_url_path: i32,
+    /// Felix's `L7LogsFileAggregationURLCharLimit`: at most this many bytes of `url` (the
+    /// path is cut first, then the authority).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "250",
+        value_parser = config::parse_url_char_limit
+    )]
+    pub l7_logs_file_aggregation_url_char_limit: u32,
     /// Append the records to this file instead of writing them to stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -551,6 +683,15 @@ pub struct CollectArgs {
     /// ones are counted with `route="other"` (and a warning says so, once).
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub metrics_max_routes: usize,
+    /// Serve a service graph page on this address (`/`, with its data on `/api/graph` and
+    /// `/healthz`), such as `127.0.0.1:15021`; off by default. Nodes are workloads, Services
+    /// and this host; each edge shows requests per second, error % (5xx or no response) and
+    /// p95 duration over the last 60 s, and, when selected, an HTTP table (method, path,
+    /// response code, count, mean and max duration) and its top URLs. The page refreshes every
+    /// 2 s and loads nothing from elsewhere. Memory is bounded: at most 200 edges and 50 table
+    /// rows per edge (the rest is counted as dropped, or in an `other` row).
+    #[arg(long, value_name = "ADDR")]
+    pub ui_addr: Option<SocketAddr>,
     /// Log format (the collector's own logs, on stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -578,7 +719,25 @@ impl CollectArgs {
             }
             None => None,
         };
-        Ok(config::resolve(self.flag_settings(), file))
+        Ok(LogCollection {
+            aggregation: self.aggregation(),
+            ..config::resolve(self.flag_settings(), file)
+        })
+    }
+
+    /// The `L7LogsFileAggregation*` settings.
+    pub fn aggregation(&self) -> Aggregation {
+        Aggregation {
+            http_header_info: self.l7_logs_file_aggregation_http_header_info,
+            http_method: self.l7_logs_file_aggregation_http_method,
+            service_info: self.l7_logs_file_aggregation_service_info,
+            destination_info: self.l7_logs_file_aggregation_destination_info,
+            source_info: self.l7_logs_file_aggregation_source_info,
+            response_code: self.l7_logs_file_aggregation_response_code,
+            trim_url: self.l7_logs_file_aggregation_trim_url,
+            num_url_path: self.l7_logs_file_aggregation_num_url_path,
+            url_char_limit: self.l7_logs_file_aggregation_url_char_limit,
+        }
     }
 
     /// The collector's options (reads `--application-layer`).
@@ -597,6 +756,7 @@ impl CollectArgs {
                 addr,
                 max_routes: self.metrics_route_label.then_some(self.metrics_max_routes),
             }),
+            ui_addr: self.ui_addr,
         })
     }
 }
@@ -734,6 +894,54 @@ mod tests {
         let o = a.options().unwrap();
         assert_eq!(o.source, Source::Kube(None));
         assert_eq!(o.log_collection, LogCollection::default());
+    }
+
+    #[test]
+    fn collect_aggregation_flags_have_felix_names_and_defaults() {
+        assert_eq!(collect(&[]).unwrap().aggregation(), Aggregation::default());
+        let a = collect(&[
+            "--l7-logs-file-aggregation-http-header-info",
+            "IncludeL7HTTPHeaderInfo",
+            "--l7-logs-file-aggregation-http-method",
+            "ExcludeL7HTTPMethod",
+            "--l7-logs-file-aggregation-service-info",
+            "ExcludeL7ServiceInfo",
+            "--l7-logs-file-aggregation-destination-info",
+            "ExcludeL7DestinationInfo",
+            "--l7-logs-file-aggregation-source-info",
+            "ExcludeL7SourceInfo",
+            "--l7-logs-file-aggregation-response-code",
+            "ExcludeL7ResponseCode",
+            "--l7-logs-file-aggregation-trim-url",
+            "TrimURLQueryAndPath",
+            "--l7-logs-file-aggregation-num-url-path",
+            "-1",
+            "--l7-logs-file-aggregation-url-char-limit",
+            "80",
+        ])
+        .unwrap();
+        let exclude = Inclusion::Exclude;
+        assert_eq!(
+            a.options().unwrap().log_collection.aggregation,
+            Aggregation {
+                http_header_info: Inclusion::Include,
+                http_method: exclude,
+                service_info: exclude,
+                destination_info: exclude,
+                source_info: exclude,
+                response_code: exclude,
+                trim_url: TrimUrl::TrimQueryAndPath,
+                num_url_path: -1,
+                url_char_limit: 80,
+            }
+        );
+        for bad in [
+            &["--l7-logs-file-aggregation-trim-url", "TrimURL"][..],
+            &["--l7-logs-file-aggregation-http-header-info", "Exclude"],
+            &["--l7-logs-file-aggregation-url-char-limit", "-1"],
+        ] {
+            assert!(collect(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

