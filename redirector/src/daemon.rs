@@ -29,7 +29,7 @@ use crate::{
     clock,
     dataplane::{Dataplane, LoadOptions, warn_capacity_mismatch},
     exclusions,
-    health::{self, HealthOptions},
+    health::{self, Gate, HealthOptions},
     k8s::{
         sources::{self, Kinds, Source, SourceStats, kube::EventPublisher},
         store::{Change, ObjectStore},
@@ -37,6 +37,7 @@ use crate::{
     metrics::{self, KernelCounters, Metrics},
     proxy_config::ProxySettings,
     reconcile::Reconciler,
+    return_path::{self, ReturnPath},
     selection::{self, Finding, Rules},
 };
 
@@ -75,10 +76,20 @@ pub struct RunOptions {
     pub shutdown_grace: Duration,
     /// Capacity of a newly created `services` map.
     pub services_capacity: u32,
+    /// `--upstream-source client`: the return path to install and keep (`None`: `node`).
+    pub return_path: Option<return_path::Settings>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<()> {
+    // glibc gives threads that allocate at once arenas of their own, and each keeps what was
+    // freed in it: 20 of the daemon's 66 MiB at 10 000 Services (docs/benchmarks.md, section
+    // 6). The daemon allocates little per second; one arena is plenty.
+    // SAFETY: mallopt only sets an allocator parameter.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
     info!(
         version = build_info::VERSION,
         revision = build_info::SOURCE_REVISION,
@@ -119,6 +130,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         exclude_mark: opts.exclude_mark,
     };
     let config = settings.to_config()?;
+    if let Some(return_path) = &opts.return_path {
+        return_path.validate()?;
+    }
     let metrics_listener = match opts.metrics_addr {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -135,6 +149,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let started = sources::start(&opts.source, Kinds::DAEMON, tx, source_stats).await?;
     let events = started.client.map(EventPublisher::new);
     let _source_tasks = started.tasks;
+
+    // The return path goes in before anything is steered: without it every connection the
+    // proxy dials from a client's address would hang. The health checker keeps it (below).
+    let return_path = match opts.return_path {
+        Some(settings) => Some(Arc::new(
+            ReturnPath::install(settings)
+                .context("cannot install the return path of --upstream-source client")?,
+        )),
+        None => None,
+    };
 
     let load = LoadOptions {
         pin_dir: opts.pin_dir.clone(),
@@ -166,6 +190,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             admin: opts.proxy_admin,
             interval: opts.proxy_check_interval,
             lease: opts.ready_lease,
+            gate: return_path.clone().map(|rp| {
+                Gate(Arc::new(move || match rp.ensure() {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("the return path is missing ({e:#})")),
+                }))
+            }),
         },
         Dataplane::open_pinned(&opts.pin_dir)?,
         Arc::clone(&metrics),
@@ -198,8 +228,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .copied()
         .collect();
     let rules = Rules::new(&opts.annotation).with_proxies(&proxies);
-    let mut store = ObjectStore::default();
+    let mut store = ObjectStore::selecting(&opts.annotation);
     let mut reported: BTreeSet<Finding> = BTreeSet::new();
+    let mut retry = false;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     loop {
@@ -209,13 +240,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     error!("every source stopped; exiting and leaving the datapath in place");
                     return Ok(());
                 };
-                store.apply(change);
-                // Take everything already queued, then reconcile once.
+                let mut changed = store.update(change);
+                // Take everything already queued, then reconcile once, unless none of it is
+                // anything selection sees (an unselected Service's slice, say) and the last
+                // reconcile succeeded: a failed one is retried on the next change of any kind.
                 while let Ok(more) = rx.try_recv() {
-                    store.apply(more);
+                    changed |= store.update(more);
                 }
-                if store.synced() {
-                    reconcile_once(&store, &rules, &mut reconciler, &metrics, &mut reported, events.as_ref()).await;
+                if (changed || retry) && store.synced() {
+                    retry = !reconcile_once(&store, &rules, &mut reconciler, &metrics, &mut reported, events.as_ref()).await;
+                    if let Some(rp) = &return_path {
+                        sync_hairpin(rp, &store, &opts.annotation).await;
+                    }
                 }
             }
             _ = sigterm.recv() => break,
@@ -238,6 +274,23 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
+/// Keeps the hairpin sets equal to the selected Services' ready endpoints. A failure is
+/// logged; the next change retries, and a repair re-creates the sets from what was asked.
+async fn sync_hairpin(rp: &Arc<ReturnPath>, store: &ObjectStore, annotation: &str) {
+    let want = return_path::hairpin_endpoints(store.services(), store.slices(), annotation);
+    let rp = Arc::clone(rp);
+    let done = tokio::task::spawn_blocking(move || rp.set_hairpin(want)).await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %format!("{e:#}"), "cannot update the return path's hairpin sets")
+        }
+        Err(e) => warn!(error = %e, "the hairpin update did not finish"),
+    }
+}
+
+/// Reconciles the maps with the selection once and reports new findings; whether the maps
+/// now hold it (false: retry on the next change).
 async fn reconcile_once(
     store: &ObjectStore,
     rules: &Rules,
@@ -245,10 +298,10 @@ async fn reconcile_once(
     metrics: &Metrics,
     reported: &mut BTreeSet<Finding>,
     events: Option<&EventPublisher>,
-) {
+) -> bool {
     let started = Instant::now();
     let (desired, findings) = selection::desired(store.services(), store.slices(), rules);
-    match reconciler.reconcile(&desired) {
+    let ok = match reconciler.reconcile(&desired) {
         Ok(outcome) => {
             metrics.reconciled(
                 started.elapsed(),
@@ -272,12 +325,14 @@ async fn reconcile_once(
                     "the services map is full: these destinations are not steered; raise --services-capacity (and `redirector detach` so the map is recreated)"
                 );
             }
+            true
         }
         Err(e) => {
             metrics.reconcile_error();
             error!(error = %e, "reconcile failed; will retry on the next change");
+            false
         }
-    }
+    };
     // Report each finding once, for as long as it stands.
     let now: BTreeSet<Finding> = findings.into_iter().collect();
     for finding in now.difference(reported) {
@@ -291,4 +346,5 @@ async fn reconcile_once(
         }
     }
     *reported = now;
+    ok
 }

@@ -20,7 +20,7 @@ use crate::{
     proxy,
     report::Report,
     scenarios::{
-        self, INTERRUPTED, control, cost, ports,
+        self, INTERRUPTED, collector, control, cost, kube, ports,
         selected::{self, Placement, ProxyKind},
         unselected,
     },
@@ -67,6 +67,10 @@ enum Scenario {
     Ports,
     /// 5: the cost of logging: requests direct vs steered through Envoy.
     Cost,
+    /// 6: the control plane in kube mode at cluster scale: sync, change latency, memory, CPU.
+    Kube,
+    /// 7: `redirector collect`: access log lines per CPU second, and its cost at a steady rate.
+    Collector,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +80,7 @@ struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "unselected,selected,control,ports,cost"
+        default_value = "unselected,selected,control,ports,cost,kube,collector"
     )]
     scenarios: Vec<Scenario>,
     /// Scenario 1: the numbers of selected destinations N.
@@ -128,6 +132,10 @@ struct BenchArgs {
     /// per destination, is below the 470/s one 4-tuple space sustains).
     #[arg(long, default_value_t = 1600)]
     ports_rate: u64,
+    /// Scenario 4: rounds, each running every alternative once in a fresh lab (order rotated
+    /// each round), for the spread of the ratios to direct.
+    #[arg(long, default_value_t = 1)]
+    ports_rounds: usize,
     /// Scenario 5: keep-alive requests per path (direct, steered), over all rounds.
     #[arg(long, default_value_t = 50_000)]
     cost_requests: usize,
@@ -137,6 +145,32 @@ struct BenchArgs {
     /// Scenario 5: rounds per path and mode (direct and steered alternate round by round).
     #[arg(long, default_value_t = 5)]
     cost_rounds: usize,
+    /// Collector: access log lines written beforehand for the throughput measurement.
+    #[arg(long, default_value_t = 500_000)]
+    collector_lines: usize,
+    /// Collector: lines per second appended for the steady-rate measurement.
+    #[arg(long, default_value_t = 10_000)]
+    collector_rate: u64,
+    /// Collector: seconds the steady rate is kept.
+    #[arg(long, default_value_t = 20)]
+    collector_seconds: u64,
+    /// Scenario 6: cluster sizes, SERVICES:ENDPOINTS (every tenth Service selected).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000:100000,50000:250000"
+    )]
+    kube_sizes: Vec<kube::Size>,
+    /// Scenario 6: changes measured per kind (annotation added, endpoint added, Service
+    /// deleted).
+    #[arg(long, default_value_t = 200)]
+    kube_changes: usize,
+    /// Scenario 6: background endpoint changes per second on other Services.
+    #[arg(long, default_value_t = 50)]
+    kube_churn: u32,
+    /// Scenario 6: start-up syncs measured per size.
+    #[arg(long, default_value_t = 3)]
+    kube_syncs: usize,
     /// Which iptables loads the linear and REDIRECT rules.
     #[arg(long, value_enum, default_value = "system")]
     iptables: Iptables,
@@ -206,6 +240,27 @@ fn apply_quick(a: &mut BenchArgs, m: &clap::ArgMatches) {
     if default("cost_rounds") {
         a.cost_rounds = 2;
     }
+    if default("kube_sizes") {
+        a.kube_sizes = vec![kube::Size {
+            services: 1_000,
+            endpoints: 5_000,
+        }];
+    }
+    if default("kube_changes") {
+        a.kube_changes = 7;
+    }
+    if default("kube_churn") {
+        a.kube_churn = 10;
+    }
+    if default("kube_syncs") {
+        a.kube_syncs = 1;
+    }
+    if default("collector_lines") {
+        a.collector_lines = 20_000;
+    }
+    if default("collector_seconds") {
+        a.collector_seconds = 2;
+    }
 }
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -264,7 +319,8 @@ fn run() -> Result<()> {
             .join("bench")
     });
     let daemon = a.daemon.clone().unwrap_or_else(|| dir.join("redirector"));
-    if a.scenarios.contains(&Scenario::Control) && !daemon.is_file() {
+    let needs_redirector = [Scenario::Control, Scenario::Kube, Scenario::Collector];
+    if a.scenarios.iter().any(|s| needs_redirector.contains(s)) && !daemon.is_file() {
         bail!(
             "the daemon binary {} does not exist: build it with `cargo build --release -p \
              redirector`, or name one with --daemon",
@@ -288,6 +344,8 @@ fn run() -> Result<()> {
         control: None,
         ports: Vec::new(),
         cost: Vec::new(),
+        kube: Vec::new(),
+        collector: None,
         skipped: Vec::new(),
         failures: Vec::new(),
     };
@@ -340,6 +398,7 @@ fn run() -> Result<()> {
             Scenario::Ports => ports::run(&ports::Params {
                 seconds: a.ports_seconds,
                 rate: a.ports_rate,
+                rounds: a.ports_rounds,
             })
             .map(|p| report.ports = p),
             // It measures Envoy itself: without Envoy there is nothing to measure.
@@ -356,6 +415,23 @@ fn run() -> Result<()> {
                 })
                 .map(|c| report.cost = c),
             },
+            Scenario::Kube => kube::run(&kube::Params {
+                sizes: a.kube_sizes.clone(),
+                changes: a.kube_changes,
+                churn: a.kube_churn,
+                syncs: a.kube_syncs,
+                daemon: daemon.clone(),
+                seed: a.seed,
+            })
+            .map(|k| report.kube = k),
+            Scenario::Collector => collector::run(&collector::Params {
+                lines: a.collector_lines,
+                rate: a.collector_rate,
+                seconds: a.collector_seconds,
+                redirector: daemon.clone(),
+                seed: a.seed,
+            })
+            .map(|c| report.collector = Some(c)),
         };
         if let Err(e) = outcome {
             scenarios::progress(&format!("{scenario:?} failed: {e:#}"));

@@ -266,24 +266,51 @@ impl Handler {
         Ok((labels, fields))
     }
 
-    /// The whole list in one page: `limit` is honoured by never needing a continuation.
+    /// A list, in pages of `limit` objects when a client asks (kube-rs's watcher asks for 500
+    /// at a time, so a large list is never one response), each page but the last with a
+    /// [`Continue`] token. Tables (kubectl) come in one page.
     fn list(&self) -> Result<Response, ApiError> {
-        if self.query.get("continue").is_some_and(|c| !c.is_empty()) {
-            return Err(ApiError::bad_request(
-                "this server issues no continue tokens",
-            ));
-        }
+        let token = match self.query.get("continue").filter(|c| !c.is_empty()) {
+            Some(text) => Some(Continue::parse(text).ok_or_else(|| {
+                ApiError::bad_request(format!("invalid continue token {text:?}"))
+            })?),
+            None => None,
+        };
+        let limit = match self.table {
+            Some(_) => None,
+            None => self
+                .query
+                .get("limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|&l| l > 0),
+        };
         let (labels, fields) = self.selectors()?;
         let resource = self.target.resource;
-        let (items, resource_version) = self.shared.read(|store| {
-            let items: Vec<Value> = store
-                .list(resource, self.target.namespace.as_deref())
-                .into_iter()
-                .filter(|o| labels.matches(o) && fields.matches(o))
+        let (items, resource_version, more) = self.shared.read(|store| {
+            let after = token
+                .as_ref()
+                .map(|t| (t.namespace.as_str(), t.name.as_str()));
+            let mut matching = store
+                .list_after(resource, self.target.namespace.as_deref(), after)
+                .filter(|o| labels.matches(o) && fields.matches(o));
+            let items: Vec<Value> = matching
+                .by_ref()
+                .take(limit.unwrap_or(usize::MAX))
                 .cloned()
                 .collect();
-            (items, store.resource_version())
+            let more = matching.next().is_some();
+            let rv = token
+                .as_ref()
+                .map_or(store.resource_version(), |t| t.resource_version);
+            (items, rv, more)
         });
+        let next = more
+            .then(|| {
+                items
+                    .last()
+                    .map(|last| Continue::after(resource_version, last))
+            })
+            .flatten();
         if let Some(include) = self.table {
             let rows: Vec<&Value> = items.iter().collect();
             return Ok(ok(&table::table(
@@ -293,10 +320,14 @@ impl Handler {
                 include,
             )));
         }
+        let mut metadata = json!({"resourceVersion": resource_version.to_string()});
+        if let Some(next) = next {
+            metadata["continue"] = json!(next.to_string());
+        }
         Ok(ok(&json!({
             "apiVersion": resource.api_version(),
             "kind": format!("{}List", resource.kind()),
-            "metadata": {"resourceVersion": resource_version.to_string()},
+            "metadata": metadata,
             "items": items,
         })))
     }
@@ -434,5 +465,46 @@ impl Handler {
             .shared
             .write(|store| store.delete(self.target.resource, namespace, name))?;
         Ok(ok(&deleted))
+    }
+}
+
+/// Where a paged list goes on: `RV/NAMESPACE/NAME`, the first page's resourceVersion and the
+/// last object sent (neither a namespace nor a name can hold a `/`). Unlike the real server's,
+/// later pages show the objects as they are now, not as they were at that resourceVersion; a
+/// watch from it replays every change in between, so a client ends up in the same state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Continue {
+    resource_version: u64,
+    namespace: String,
+    name: String,
+}
+
+impl Continue {
+    fn after(resource_version: u64, last: &Value) -> Self {
+        let text = |key: &str| last["metadata"][key].as_str().unwrap_or("").to_owned();
+        Self {
+            resource_version,
+            namespace: text("namespace"),
+            name: text("name"),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, '/');
+        Some(Self {
+            resource_version: parts.next()?.parse().ok()?,
+            namespace: parts.next()?.to_owned(),
+            name: parts.next()?.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Continue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.resource_version, self.namespace, self.name
+        )
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! - Stores Services and Pods (`v1`), EndpointSlices (`discovery.k8s.io/v1`) and Events (`v1`
 //!   and `events.k8s.io/v1`), with one global resourceVersion, uids and creation timestamps.
-//! - Serves version and legacy discovery, list (selectors honoured, one page), watch (replay
+//! - Serves version and legacy discovery, list (selectors honoured; in
+//!   pages when a `limit` is asked, tables in one), watch (replay
 //!   from a resourceVersion, 410 Expired past the history kept, bookmarks, timeouts), get,
 //!   create, update, merge / strategic merge / apply patch, and delete.
 //! - Answers `kubectl get` with server-side Tables (the real columns for Services, Pods and

@@ -6,7 +6,10 @@
 //! Pure data: no I/O, no locking, no notification (the server wraps it for that), so all of it
 //! is unit tested here.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    ops::Bound,
+};
 
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
@@ -113,6 +116,26 @@ impl Store {
             .filter(|((r, ns, _), _)| *r == resource && namespace.is_none_or(|want| want == ns))
             .map(|(_, object)| object)
             .collect()
+    }
+
+    /// The objects of a resource after `after` (namespace, name), in the order of
+    /// [`list`](Self::list), found without walking the ones before it: a paged list of a large
+    /// store costs each page its own size.
+    pub fn list_after<'a>(
+        &'a self,
+        resource: Resource,
+        namespace: Option<&'a str>,
+        after: Option<(&str, &str)>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        let start = match after {
+            Some((ns, name)) => Bound::Excluded((resource, ns.to_owned(), name.to_owned())),
+            None => Bound::Included((resource, String::new(), String::new())),
+        };
+        self.objects
+            .range((start, Bound::Unbounded))
+            .take_while(move |((r, _, _), _)| *r == resource)
+            .filter(move |((_, ns, _), _)| namespace.is_none_or(|want| want == ns))
+            .map(|(_, object)| object)
     }
 
     /// Every namespace that holds an object.

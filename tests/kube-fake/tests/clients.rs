@@ -353,6 +353,41 @@ fn kube_watcher_sees_services_and_kubectl_annotations() -> Result<()> {
     Ok(())
 }
 
+/// kube-rs lists in pages (its watcher asks for 500 objects at a time); a paged list follows
+/// the continue tokens to every object, in order, each page at the first one's
+/// resourceVersion.
+#[test]
+fn lists_come_in_pages_when_asked() -> Result<()> {
+    let server = cluster(Options::default())?;
+    server.apply(&service("default", "api", 8080))?;
+    let rt = runtime()?;
+    let api: Api<Service> = Api::all(client(&rt, &server.kubeconfig())?);
+    let (names, versions, pages) = rt.block_on(async {
+        let (mut names, mut versions, mut pages) = (Vec::new(), Vec::new(), 0);
+        let mut params = kube::api::ListParams::default().limit(2);
+        loop {
+            let page = api.list(&params).await?;
+            pages += 1;
+            names.extend(page.items.iter().map(|s| s.name_any()));
+            versions.push(page.metadata.resource_version.clone());
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+            // A write between pages does not move the list's resourceVersion.
+            server.apply(&service("zz", "late", 80))?;
+        }
+        anyhow::Ok((names, versions, pages))
+    })?;
+    assert_eq!(pages, 2);
+    assert_eq!(names, ["api", "web", "dns", "late"]);
+    assert!(versions.windows(2).all(|w| w[0] == w[1]), "{versions:?}");
+    let all = rt.block_on(api.list(&kube::api::ListParams::default()))?;
+    assert_eq!(all.items.len(), 4, "no limit: one page");
+    assert!(all.metadata.continue_.is_none_or(|c| c.is_empty()));
+    Ok(())
+}
+
 #[test]
 fn kube_watcher_sees_endpoint_slices() -> Result<()> {
     let server = cluster(Options::default())?;

@@ -66,9 +66,10 @@ fn a_quick_bench_run_completes_and_writes_its_samples() -> Result<()> {
     }
 
     let selected = report["selected"].as_array().context("no selected")?;
-    // Two placements × three steering methods × the Rust proxy, and × Envoy when installed.
+    // Two placements × three steering methods and direct × the Rust proxy, and × Envoy when
+    // installed.
     assert!(
-        selected.len() == 6 || selected.len() == 12,
+        selected.len() == 8 || selected.len() == 16,
         "{}",
         selected.len()
     );
@@ -125,5 +126,76 @@ fn a_quick_bench_run_completes_and_writes_its_samples() -> Result<()> {
             }
         }
     }
+
+    // Scenario 6, kube mode (`--quick`: 1 000 Services, 5 000 endpoints, 7 changes of each
+    // kind under churn): each measurement was made (every change waited for the map to
+    // follow), and the table printed.
+    assert!(
+        stdout.contains("### 6. Kube mode"),
+        "no ### 6. table:\n{stdout}"
+    );
+    let kube = report["kube"].as_array().context("no kube")?;
+    assert_eq!(kube.len(), 1, "one cluster size");
+    let k = &kube[0];
+    assert_eq!(k["services"].as_u64(), Some(1000), "{k}");
+    // 100 selected Services, each a ClusterIP and 5 endpoints.
+    assert_eq!(k["destinations"].as_u64(), Some(600), "{k}");
+    assert_eq!(samples(k, "sync_ns"), 1, "{k}");
+    for kind in ["annotate_ns", "endpoint_ns", "delete_ns"] {
+        assert_eq!(samples(k, kind), 7, "{kind}: {k}");
+    }
+    for field in [
+        "vm_hwm_kib",
+        "end_rss_kib",
+        "changes_cpu_ns",
+        "churn_changes",
+    ] {
+        assert!(k[field].as_u64() > Some(0), "{field}: {k}");
+    }
+    Ok(())
+}
+
+/// The collector's throughput scenario alone, quick (20 000 lines, then 2 s at 10 000 lines/s):
+/// the collector must have turned every line written into a request, and the measurements
+/// must be there. The figures themselves (a debug build) are not looked at.
+#[test]
+fn a_quick_collector_bench_counts_every_line() -> Result<()> {
+    require_root();
+    let out = OutDir(std::env::temp_dir().join(format!("l7r-bench-smoke-{}", unique_id())));
+    let run = Command::new(BENCH)
+        .args([
+            "--quick",
+            "--scenarios",
+            "collector",
+            "--daemon",
+            DAEMON,
+            "--out",
+        ])
+        .arg(&out.0)
+        .output()
+        .context("cannot run l7r-bench")?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "l7r-bench failed ({}):\n{stdout}\n{stderr}",
+        run.status
+    );
+    assert!(
+        stdout.contains("### 7. Collector"),
+        "no collector table:\n{stdout}"
+    );
+    let report: Value = serde_json::from_str(
+        &fs::read_to_string(out.0.join("latest.json")).context("no latest.json")?,
+    )?;
+    let c = &report["collector"];
+    assert_eq!(c["lines"].as_u64(), Some(20_000), "{c}");
+    assert_eq!(c["requests"], c["lines"], "every line is one request: {c}");
+    assert!(c["cpu_ns"].as_u64() > Some(0), "{c}");
+    assert!(c["distinct_paths"].as_u64() > Some(1000), "{c}");
+    // 2 s at 10 000 lines/s, every one of them counted by the collector (the scenario
+    // checks that) and its memory read.
+    assert!(c["steady_lines"].as_u64() > Some(10_000), "{c}");
+    assert!(c["steady_vm_rss_kib"].as_u64() > Some(0), "{c}");
     Ok(())
 }

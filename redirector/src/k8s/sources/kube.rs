@@ -1,7 +1,14 @@
 //! The Kubernetes source: kube-rs watchers on Services and `discovery.k8s.io/v1`
 //! EndpointSlices in all namespaces, with backoff. A watch that restarts (an API outage, an
-//! expired resourceVersion) relists; the relist is buffered and sent as one reset, so the maps
-//! are never flushed in between and the last known selection stays in force meanwhile.
+//! expired resourceVersion) relists; the relist is streamed to the store object by object
+//! ([`Change::ListStarted`], [`Change::Listed`], [`Change::ListDone`]), which keeps it apart
+//! until it is complete, so the maps are never flushed in between and the last known
+//! selection stays in force meanwhile. Streaming it (instead of holding the whole list here
+//! first) lets the daemon's store keep only what selection reads of each object as it comes:
+//! the list of a large cluster is never held whole.
+//!
+//! The watchers fetch whole objects: selection reads Services' specs and slices' endpoints, so
+//! a metadata-only watch would not do, and the API cannot filter by annotation.
 //!
 //! [`start`] runs a watcher on Services and one on EndpointSlices, and one on Pods when
 //! [`Kinds::pods`] asks for them (the collector's); the daemon never watches Pods.
@@ -27,7 +34,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
 
 use super::{Kinds, SourceStats};
-use crate::k8s::store::Change;
+use crate::k8s::store::{Change, Kind, Object};
 
 /// The controller name on Events we publish.
 const CONTROLLER: &str = "l7-redirector";
@@ -59,7 +66,8 @@ pub fn start(
             tx.clone(),
             Arc::clone(&stats),
             ToChange {
-                reset: Change::ServicesReset,
+                kind: Kind::Services,
+                listed: Object::Service,
                 applied: Change::ServiceApplied,
                 deleted: Change::ServiceDeleted,
             },
@@ -69,7 +77,8 @@ pub fn start(
             tx.clone(),
             Arc::clone(&stats),
             ToChange {
-                reset: Change::SlicesReset,
+                kind: Kind::Slices,
+                listed: Object::Slice,
                 applied: Change::SliceApplied,
                 deleted: Change::SliceDeleted,
             },
@@ -83,7 +92,8 @@ pub fn start(
             tx,
             stats,
             ToChange {
-                reset: |pods| Change::PodsReset(pods.into_iter().map(slim_pod).collect()),
+                kind: Kind::Pods,
+                listed: |pod| Object::Pod(slim_pod(pod)),
                 applied: |pod| Change::PodApplied(slim_pod(pod)),
                 deleted: |pod| Change::PodDeleted(slim_pod(pod)),
             },
@@ -140,7 +150,8 @@ pub fn slim_pod(pod: Pod) -> Pod {
 
 /// How watcher events of one kind become [`Change`]s.
 struct ToChange<K> {
-    reset: fn(Vec<K>) -> Change,
+    kind: Kind,
+    listed: fn(K) -> Object,
     applied: fn(K) -> Change,
     deleted: fn(K) -> Change,
 }
@@ -158,20 +169,20 @@ async fn watch<K>(
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut listing: Vec<K> = Vec::new();
+    let mut listed = 0usize;
     while let Some(event) = stream.next().await {
         let change = match event {
             Ok(Event::Init) => {
-                listing.clear();
-                None
+                listed = 0;
+                Some(Change::ListStarted(to_change.kind))
             }
             Ok(Event::InitApply(obj)) => {
-                listing.push(obj);
-                None
+                listed += 1;
+                Some(Change::Listed((to_change.listed)(obj)))
             }
             Ok(Event::InitDone) => {
-                debug!(%kind, objects = listing.len(), "listed");
-                Some((to_change.reset)(std::mem::take(&mut listing)))
+                debug!(%kind, objects = listed, "listed");
+                Some(Change::ListDone(to_change.kind))
             }
             Ok(Event::Apply(obj)) => Some((to_change.applied)(obj)),
             Ok(Event::Delete(obj)) => Some((to_change.deleted)(obj)),
@@ -183,7 +194,10 @@ async fn watch<K>(
             }
         };
         if let Some(change) = change {
-            stats.event();
+            // A whole list counts as one event, as a reset does.
+            if !matches!(change, Change::ListStarted(_) | Change::Listed(_)) {
+                stats.event();
+            }
             if tx.send(change).is_err() {
                 return;
             }

@@ -59,11 +59,11 @@ pub struct Params {
     pub seed: u64,
 }
 
-/// How often the daemon looks at its services file (`sources/file.rs`): pauses between
-/// changes are spread over one period so changes land at every phase of it.
+/// The spread of the random pauses between changes: once the daemon's poll period (it now
+/// follows its file with inotify, `sources/file.rs`), kept so that runs stay comparable.
 const FILE_POLL_MS: u64 = 250;
 /// How long a sync or a change may take before the benchmark gives up.
-const LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
 /// The `i`-th generated Service: `bench/svc-<i>`, ClusterIP `10.96.x.y:80`, one ready
 /// endpoint `10.128.x.y:8080`, annotated to be selected.
@@ -96,16 +96,16 @@ fn cluster_key(i: usize) -> Result<ServiceKey> {
 }
 
 /// The pinned `services` map, opened read-only from its pin like `bpftool` would.
-struct PinnedServices(HashMap<MapData, ServiceKey, ServiceValue>);
+pub(crate) struct PinnedServices(HashMap<MapData, ServiceKey, ServiceValue>);
 
 impl PinnedServices {
     /// `None` while the daemon has not pinned it yet.
-    fn open(pin_dir: &Path) -> Option<Self> {
+    pub(crate) fn open(pin_dir: &Path) -> Option<Self> {
         let data = MapData::from_pin(pin_dir.join(map_names::SERVICES)).ok()?;
         HashMap::try_from(Map::HashMap(data)).ok().map(Self)
     }
 
-    fn contains(&self, key: &ServiceKey) -> Result<bool> {
+    pub(crate) fn contains(&self, key: &ServiceKey) -> Result<bool> {
         match self.0.get(key, 0) {
             Ok(_) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
@@ -113,7 +113,7 @@ impl PinnedServices {
         }
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.0.keys().filter(Result::is_ok).count()
     }
 }
@@ -121,13 +121,13 @@ impl PinnedServices {
 /// `redirector run` in the lab's node namespace, with its log in a temporary file; stopped by
 /// its PID (SIGTERM, then SIGKILL after 10 s) on drop. The fixtures' `Daemon` does not expose
 /// the PID, which the memory measurement needs.
-struct DaemonProcess {
+pub(crate) struct DaemonProcess {
     child: Child,
     log: PathBuf,
 }
 
 impl DaemonProcess {
-    fn start(exe: &Path, lab: &Lab, extra: &[&str]) -> Result<Self> {
+    pub(crate) fn start(exe: &Path, lab: &Lab, extra: &[&str]) -> Result<Self> {
         let log = std::env::temp_dir().join(format!("l7r-bench-daemon-{}.log", unique_id()));
         let file =
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -144,7 +144,7 @@ impl DaemonProcess {
     }
 
     /// Fails, with the end of its log, if the daemon has exited.
-    fn check_running(&mut self) -> Result<()> {
+    pub(crate) fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -156,8 +156,13 @@ impl DaemonProcess {
         Ok(())
     }
 
+    /// The daemon's PID.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `(VmHWM, VmRSS)` in KiB.
-    fn memory(&self) -> Result<(u64, u64)> {
+    pub(crate) fn memory(&self) -> Result<(u64, u64)> {
         let path = format!("/proc/{}/status", self.child.id());
         let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
         let field = |key: &str| {
@@ -242,7 +247,7 @@ fn start_and_sync(
 }
 
 /// Polls `map` every millisecond until `key`'s presence is `present`; the time since `since`.
-fn wait_for(
+pub(crate) fn wait_for(
     map: &PinnedServices,
     daemon: &mut DaemonProcess,
     key: &ServiceKey,
@@ -256,7 +261,7 @@ fn wait_for(
         }
         if since.elapsed() > LIMIT {
             daemon.check_running()?;
-            bail!("the map did not follow the file within {LIMIT:?}");
+            bail!("the map did not follow the change within {LIMIT:?}");
         }
         thread::sleep(Duration::from_millis(1));
     }

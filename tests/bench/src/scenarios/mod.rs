@@ -1,10 +1,13 @@
 //! The scenarios (three of issue 7, the 4-tuple space of issue 12, the cost of logging of issue
-//! 17), and what they share: alternatives measured side by side, interleaved round by round
-//! (A B C, B C A, C A B, ...) in one process, so that machine noise (another job, frequency
-//! changes, a noisy neighbour) hits every alternative alike.
+//! 17), the collector's throughput (issue 16), and what they share: alternatives measured side
+//! by side, interleaved round by round (A B C, B C A, C A B, ...) in one process, so that
+//! machine noise (another job, frequency changes, a noisy neighbour) hits every alternative
+//! alike.
 
+pub mod collector;
 pub mod control;
 pub mod cost;
+pub mod kube;
 pub mod ports;
 pub mod selected;
 pub mod unselected;

@@ -46,7 +46,7 @@ use redirector_common::{Endpoint, proxy_port_for};
 
 use crate::{
     client,
-    scenarios::{check_interrupted, progress},
+    scenarios::{check_interrupted, progress, round_order},
 };
 
 /// The four selected destinations' ports on the backend.
@@ -59,6 +59,9 @@ pub struct Params {
     pub seconds: u64,
     /// New connections per second the client aims at, over all four destinations.
     pub rate: u64,
+    /// Rounds: each runs every alternative once (in a fresh lab: no TIME_WAIT is shared), in
+    /// an order rotated by one each round, so ratios to direct can be taken round by round.
+    pub rounds: usize,
 }
 
 /// One alternative's result.
@@ -66,6 +69,8 @@ pub struct Params {
 pub struct PortsResult {
     /// Which alternative.
     pub alternative: String,
+    /// The round it ran in (0-based).
+    pub round: usize,
     /// The proxy port each destination is steered to (empty when direct).
     pub proxy_ports: Vec<u16>,
     /// Connections made.
@@ -157,16 +162,23 @@ fn alternatives() -> [(&'static str, Option<u16>); 4] {
     ]
 }
 
-/// Runs scenario 4: one result per alternative.
+/// Runs scenario 4: one result per alternative and round.
 pub fn run(p: &Params) -> Result<Vec<PortsResult>> {
     let mut results = Vec::new();
-    for (name, ports) in alternatives() {
+    let all = alternatives();
+    for (round, i) in (0..p.rounds.max(1)).flat_map(|round| {
+        round_order(all.len(), round)
+            .into_iter()
+            .map(move |i| (round, i))
+    }) {
+        let (name, ports) = all[i];
         check_interrupted()?;
         progress(&format!(
             "4-tuple space, {name}: {} s at {} new connections/s",
             p.seconds, p.rate
         ));
-        let r = run_one(p, name, ports).with_context(|| format!("4-tuple space, {name}"))?;
+        let mut r = run_one(p, name, ports).with_context(|| format!("4-tuple space, {name}"))?;
+        r.round = round;
         progress(&format!(
             "4-tuple space, {name}: {} connected, {} EADDRNOTAVAIL",
             r.connected, r.addr_not_avail

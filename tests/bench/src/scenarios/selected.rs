@@ -18,7 +18,9 @@
 //!   by its `SO_MARK`, as Envoy's bootstrap sets it.
 //!
 //! Alternatives per placement and proxy: `iptables` (the baseline), `nftables` and
-//! `redirector`, each in its own lab with its own proxy instance, interleaved batch by batch.
+//! `redirector`, each in its own lab with its own proxy instance, interleaved batch by batch;
+//! and `direct`, the same loop to the backend with nothing steering and no proxy: the
+//! physical limit, what no proxy hop can beat.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -31,7 +33,7 @@ use anyhow::{Context as _, Result, bail};
 use l7r_lab::{
     envoy::Envoy,
     http::HttpBackend,
-    lab::{BACKEND4, Lab, LabOptions, NODE4_UPSTREAM, PROXY_PORT, sa},
+    lab::{BACKEND4, CLIENT4, Lab, LabOptions, NODE4_UPSTREAM, PROXY_PORT, sa},
     netns::Netns,
 };
 
@@ -96,16 +98,24 @@ enum Steering {
     Iptables,
     Nftables,
     Redirector,
+    /// Not steered: no proxy on the path (the physical limit).
+    Direct,
 }
 
 impl Steering {
-    const ALL: [Self; 3] = [Self::Iptables, Self::Nftables, Self::Redirector];
+    const ALL: [Self; 4] = [
+        Self::Iptables,
+        Self::Nftables,
+        Self::Redirector,
+        Self::Direct,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Iptables => "iptables REDIRECT",
             Self::Nftables => "nftables redirect",
             Self::Redirector => "redirector",
+            Self::Direct => "direct, no proxy (the limit)",
         }
     }
 }
@@ -119,7 +129,8 @@ enum Proxy {
 /// One alternative's world. Fields drop in order: the proxy first, the lab (namespaces,
 /// cgroups, programs) last.
 struct Setup {
-    proxy: Proxy,
+    /// `None` for [`Steering::Direct`].
+    proxy: Option<Proxy>,
     _http: HttpBackend,
     _sink: Sink,
     lab: Lab,
@@ -148,7 +159,9 @@ fn setup(
             exclude_mark: Some((UPSTREAM_MARK, UPSTREAM_MARK)),
             ..LabOptions::default()
         })?,
-        Steering::Iptables | Steering::Nftables => Lab::with(LabOptions::for_daemon())?,
+        Steering::Iptables | Steering::Nftables | Steering::Direct => {
+            Lab::with(LabOptions::for_daemon())?
+        }
     };
     let http = HttpBackend::start(&lab.backend_ns, &[sa(BACKEND4, HTTP_PORT)])?;
     let sink = Sink::start(&lab.backend_ns, sa(BACKEND4, SINK_PORT))?;
@@ -199,6 +212,15 @@ fn setup(
                 lab.select(SocketAddr::V4(d))?;
             }
         }
+        // Nothing to load, and no proxy.
+        Steering::Direct => {
+            return Ok(Setup {
+                proxy: None,
+                _http: http,
+                _sink: sink,
+                lab,
+            });
+        }
     }
 
     let proxy_ns: &Netns = match placement {
@@ -215,7 +237,7 @@ fn setup(
         ProxyKind::Envoy => Proxy::Envoy(Envoy::start(proxy_ns, &lab.proxy_cgroup)?),
     };
     Ok(Setup {
-        proxy,
+        proxy: Some(proxy),
         _http: http,
         _sink: sink,
         lab,
@@ -263,10 +285,22 @@ pub fn run(p: &Params) -> Result<Vec<Series>> {
 fn run_one(p: &Params, placement: Placement, kind: ProxyKind) -> Result<Vec<Series>> {
     let group = group_name(placement, kind);
     progress(&format!("selected traffic, {group}: setting up"));
-    let workload = Workload {
+    let proxied = Workload {
         dst: sa(BACKEND4, HTTP_PORT),
         exchange: Exchange::Http,
         must_contain: proof(placement, kind),
+    };
+    // Direct: the backend answers itself, and sees the client's own address.
+    let direct = Workload {
+        must_contain: vec![format!("you are {CLIENT4}")],
+        ..proxied.clone()
+    };
+    let workload_of = |s: Steering| {
+        if s == Steering::Direct {
+            &direct
+        } else {
+            &proxied
+        }
     };
     let mut setups = Vec::new();
     let mut series = Vec::new();
@@ -279,14 +313,14 @@ fn run_one(p: &Params, placement: Placement, kind: ProxyKind) -> Result<Vec<Seri
     }
     for (setup, s) in setups.iter().zip(Steering::ALL) {
         if p.warmup > 0 {
-            batch(&setup.lab, &workload, p.warmup)
+            batch(&setup.lab, workload_of(s), p.warmup)
                 .with_context(|| format!("warm-up of {} ({group})", s.name()))?;
         }
     }
     let count = per_round(p.connections, p.rounds);
     let started = Instant::now();
     interleave(setups.len(), p.rounds, |round, i| {
-        let b = batch(&setups[i].lab, &workload, count)
+        let b = batch(&setups[i].lab, workload_of(Steering::ALL[i]), count)
             .with_context(|| format!("{} ({group}), round {round}", Steering::ALL[i].name()))?;
         series[i].add(&b);
         Ok(())
@@ -332,11 +366,12 @@ fn run_one(p: &Params, placement: Placement, kind: ProxyKind) -> Result<Vec<Seri
         }
         // The proxy stops before its lab goes away (its cgroup cannot be removed before).
         let accepted = match proxy {
-            Proxy::Rust(proxy) => Some(proxy.finish()?),
-            Proxy::Envoy(envoy) => {
+            Some(Proxy::Rust(proxy)) => Some(proxy.finish()?),
+            Some(Proxy::Envoy(envoy)) => {
                 drop(envoy);
                 None
             }
+            None => None,
         };
         drop(lab);
         if let Some(accepted) = accepted
