@@ -13,10 +13,11 @@
 //!   `connection_security_policy` is `unknown`, as Istio's source reporter always says.
 //! - `destination_service` is the Service's name in DNS (`web.shop.svc.cluster.local`), only
 //!   when the client connected to a Service.
-//! - `request_protocol` is `http` for the HTTP chain's entries and `tcp` for the others (the
-//!   access log does not say yet which requests are gRPC); `response_code` is Envoy's (`0` for
-//!   TCP and for requests without response, as in Istio), `response_flags` Envoy's
-//!   (`-` for none) and `grpc_response_status` `unknown` until the log carries it.
+//! - `request_protocol` is `grpc` for gRPC calls (content type `application/grpc`), `http`
+//!   for the HTTP chain's other entries and `tcp` for the others; `response_code` is Envoy's
+//!   (`0` for TCP and for requests without response, as in Istio), `response_flags` Envoy's
+//!   (`-` for none) and `grpc_response_status` the call's gRPC status (a failed call answers
+//!   HTTP 200), `unknown` for anything that is not a gRPC call.
 //!
 //! The route label (off by default: paths are what makes a series count explode) is the
 //! request path without query, with identifier-like segments replaced by `{id}`
@@ -66,8 +67,10 @@ pub struct IstioLabels {
     pub destination_service_name: String,
     /// `destination_service_namespace`.
     pub destination_service_namespace: String,
-    /// `request_protocol`: `http` or `tcp`.
+    /// `request_protocol`: `grpc`, `http` or `tcp`.
     pub request_protocol: String,
+    /// `grpc_response_status`: the gRPC status number, `unknown` when not a gRPC call.
+    pub grpc_response_status: String,
     /// `response_code`.
     pub response_code: String,
     /// `response_flags`.
@@ -110,7 +113,7 @@ impl IstioLabels {
             ("destination_cluster", UNKNOWN),
             ("request_protocol", self.request_protocol.as_str()),
             ("response_code", self.response_code.as_str()),
-            ("grpc_response_status", UNKNOWN),
+            ("grpc_response_status", self.grpc_response_status.as_str()),
             ("response_flags", self.response_flags.as_str()),
             ("connection_security_policy", UNKNOWN),
         ];
@@ -167,10 +170,15 @@ pub fn labels(entry: &Entry, names: &NameIndex) -> IstioLabels {
         destination_service_name,
         destination_service_namespace,
         request_protocol: match entry.kind {
+            Kind::Http if entry.is_grpc() => "grpc",
             Kind::Http => "http",
             Kind::Tcp => "tcp",
         }
         .into(),
+        grpc_response_status: match entry.grpc_call_status() {
+            Some(status) => status.to_string(),
+            None => UNKNOWN.into(),
+        },
         response_code: match entry.kind {
             Kind::Http => entry.response_code.to_string(),
             Kind::Tcp => "0".into(),
@@ -389,6 +397,21 @@ status: {podIP: 10.77.2.2}
         assert_eq!(label(&labels, "response_code"), "0");
         assert_eq!(label(&labels, "response_flags"), "-");
         assert_eq!(label(&labels, "route"), "(absent)");
+    }
+
+    /// A failed gRPC call answers HTTP 200: its status is in `grpc_response_status`.
+    #[test]
+    fn a_grpc_call_is_labelled_grpc_with_its_status() {
+        let line = r#"{"type":"http","duration":3,"method":"POST","path":"/shop.Cart/Get","protocol":"HTTP/2","response_code":200,"content_type":"application/grpc","grpc_status":"5","downstream_remote_address":"10.77.1.2:40000","downstream_local_address":"10.96.0.10:80"}"#;
+        let call = labels(&parse_line(line).unwrap(), &names());
+        assert_eq!(label(&call, "request_protocol"), "grpc");
+        assert_eq!(label(&call, "response_code"), "200");
+        assert_eq!(label(&call, "grpc_response_status"), "5");
+        // Envoy derives a gRPC status for plain HTTP too; it is not a gRPC call's.
+        let line = r#"{"type":"http","duration":3,"method":"GET","path":"/","response_code":404,"grpc_status":"12","downstream_remote_address":"10.77.1.2:40000","downstream_local_address":"10.96.0.10:80"}"#;
+        let plain = labels(&parse_line(line).unwrap(), &names());
+        assert_eq!(label(&plain, "request_protocol"), "http");
+        assert_eq!(label(&plain, "grpc_response_status"), "unknown");
     }
 
     #[test]
