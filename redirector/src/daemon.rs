@@ -38,7 +38,7 @@ use crate::{
     proxy_config::ProxySettings,
     reconcile::Reconciler,
     return_path::{self, ReturnPath},
-    selection::{self, Finding, Rules},
+    selection::{Delta, Finding, Incremental, Rules, Touched},
 };
 
 /// Everything `redirector run` was asked.
@@ -229,6 +229,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .collect();
     let rules = Rules::new(&opts.annotation).with_proxies(&proxies);
     let mut store = ObjectStore::selecting(&opts.annotation);
+    let mut selection = Incremental::new(rules);
+    // The Services changed since selection last looked.
+    let mut touched = Touched::Nothing;
     let mut reported: BTreeSet<Finding> = BTreeSet::new();
     let mut retry = false;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -240,15 +243,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     error!("every source stopped; exiting and leaving the datapath in place");
                     return Ok(());
                 };
+                touched.add(store.touched(&change));
                 let mut changed = store.update(change);
                 // Take everything already queued, then reconcile once, unless none of it is
                 // anything selection sees (an unselected Service's slice, say) and the last
                 // reconcile succeeded: a failed one is retried on the next change of any kind.
                 while let Ok(more) = rx.try_recv() {
+                    touched.add(store.touched(&more));
                     changed |= store.update(more);
                 }
                 if (changed || retry) && store.synced() {
-                    retry = !reconcile_once(&store, &rules, &mut reconciler, &metrics, &mut reported, events.as_ref()).await;
+                    let touched = std::mem::take(&mut touched);
+                    retry = !reconcile_once(&store, &mut selection, touched, retry, &mut reconciler, &metrics, &mut reported, events.as_ref()).await;
                     if let Some(rp) = &return_path {
                         sync_hairpin(rp, &store, &opts.annotation).await;
                     }
@@ -290,18 +296,35 @@ async fn sync_hairpin(rp: &Arc<ReturnPath>, store: &ObjectStore, annotation: &st
 }
 
 /// Reconciles the maps with the selection once and reports new findings; whether the maps
-/// now hold it (false: retry on the next change).
+/// now hold it (false: retry on the next change). Only the `touched` Services are
+/// recomputed and only the destinations that changed are diffed, unless everything may have
+/// changed or the last reconcile failed (`resync`): then the whole selection is diffed
+/// against the maps, so a failure never leaves them diverged.
+#[allow(clippy::too_many_arguments)]
 async fn reconcile_once(
     store: &ObjectStore,
-    rules: &Rules,
+    selection: &mut Incremental,
+    touched: Touched,
+    resync: bool,
     reconciler: &mut Reconciler<Dataplane>,
     metrics: &Metrics,
     reported: &mut BTreeSet<Finding>,
     events: Option<&EventPublisher>,
 ) -> bool {
     let started = Instant::now();
-    let (desired, findings) = selection::desired(store.services(), store.slices(), rules);
-    let ok = match reconciler.reconcile(&desired) {
+    let delta = selection.refresh(store, touched);
+    let desired = selection.desired();
+    let result = match delta {
+        Delta::Some { keys, services } if !resync => reconciler.reconcile_delta(
+            desired,
+            &keys,
+            &services,
+            |s| selection.is_selected(s),
+            selection.selected_services(),
+        ),
+        _ => reconciler.reconcile(desired),
+    };
+    let ok = match result {
         Ok(outcome) => {
             metrics.reconciled(
                 started.elapsed(),
@@ -334,7 +357,7 @@ async fn reconcile_once(
         }
     };
     // Report each finding once, for as long as it stands.
-    let now: BTreeSet<Finding> = findings.into_iter().collect();
+    let now: BTreeSet<Finding> = selection.findings();
     for finding in now.difference(reported) {
         warn!("{finding}");
         if let (Some(events), Finding::BadAnnotationValue { service, .. }) = (events, finding)

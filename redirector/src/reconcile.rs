@@ -123,6 +123,83 @@ pub fn plan(current: &Pinned, desired: &Desired) -> Plan {
     out
 }
 
+/// The writes that bring the `keys` destinations and the `services` names of `current` to
+/// `desired`, when nothing else differs (the rest of `current` already equals `desired`).
+/// `selected` tells whether a Service keeps any destination in `desired`. Pure; with the
+/// same inputs it writes what [`plan`] would for those keys and Services. `None` when a
+/// destination's Service has no id and is not among `services` (the premise does not hold):
+/// the caller then plans in full.
+pub fn plan_delta(
+    current: &Pinned,
+    desired: &Desired,
+    keys: &BTreeSet<ServiceKey>,
+    services: &BTreeSet<ServiceRef>,
+    selected: impl Fn(&ServiceRef) -> bool,
+) -> Option<Plan> {
+    // The id a Service has, found as `plan` finds it (by the name's parts); the cheap
+    // comparison of fixed-size names goes first.
+    let id_of = |service: &ServiceRef| {
+        let wanted = ServiceName::new(&service.namespace, &service.name);
+        current
+            .names
+            .iter()
+            .find(|(_, n)| {
+                **n == wanted && n.parts() == (service.namespace.clone(), service.name.clone())
+            })
+            .map(|(id, _)| *id)
+    };
+    let mut ids: BTreeMap<&ServiceRef, Option<u32>> =
+        services.iter().map(|s| (s, id_of(s))).collect();
+    let mut out = Plan::default();
+    let mut used: BTreeSet<u32> = current.names.keys().copied().collect();
+    let mut next_free = 1u32;
+    for (service, id) in ids.iter_mut() {
+        if id.is_some() || !selected(service) {
+            continue;
+        }
+        while used.contains(&next_free) {
+            next_free += 1;
+        }
+        used.insert(next_free);
+        *id = Some(next_free);
+        out.names_set.push((
+            next_free,
+            ServiceName::new(&service.namespace, &service.name),
+        ));
+    }
+    for key in keys {
+        match desired.destinations.get(key) {
+            Some(service) => {
+                let id = match ids.get(service) {
+                    Some(id) => *id,
+                    None => id_of(service),
+                };
+                // A Service keeping a destination it did not keep before is in `services`,
+                // so it has an id by now.
+                let service_id = id?;
+                let value = ServiceValue {
+                    service_id,
+                    flags: 0,
+                };
+                if current.services.get(key) != Some(&value) {
+                    out.insert.push((*key, value));
+                }
+            }
+            None => {
+                if current.services.contains_key(key) {
+                    out.remove.push(*key);
+                }
+            }
+        }
+    }
+    out.names_remove = ids
+        .iter()
+        .filter(|(service, _)| !selected(service))
+        .filter_map(|(_, id)| *id)
+        .collect();
+    Some(out)
+}
+
 /// What one reconcile did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -166,8 +243,28 @@ impl<M: SelectionMaps> Reconciler<M> {
     /// [`Outcome::overflow`] counts the rest.
     pub fn reconcile(&mut self, desired: &Desired) -> Result<Outcome, M::Error> {
         let plan = plan(&self.current, desired);
+        self.apply(plan, desired.services().len())
+    }
+
+    /// Like [`reconcile`](Self::reconcile), but diffs only the `keys` destinations and the
+    /// `services` names (see [`plan_delta`]): for when the maps held the previous desired
+    /// state and only those changed since. After a failed reconcile, use the full one.
+    pub fn reconcile_delta(
+        &mut self,
+        desired: &Desired,
+        keys: &BTreeSet<ServiceKey>,
+        services: &BTreeSet<ServiceRef>,
+        selected: impl Fn(&ServiceRef) -> bool,
+        selected_services: usize,
+    ) -> Result<Outcome, M::Error> {
+        let plan = plan_delta(&self.current, desired, keys, services, selected)
+            .unwrap_or_else(|| plan(&self.current, desired));
+        self.apply(plan, selected_services)
+    }
+
+    fn apply(&mut self, plan: Plan, services: usize) -> Result<Outcome, M::Error> {
         let mut outcome = Outcome {
-            services: desired.services().len(),
+            services,
             ..Outcome::default()
         };
         if !plan.names_set.is_empty() {
@@ -376,6 +473,39 @@ mod tests {
         // Shrinking the selection makes room: stale entries are removed before inserts.
         let o = r.reconcile(&desired(&[("10.96.0.2:80", "b"), ("10.96.0.9:80", "b")]))?;
         assert_eq!((o.entries, o.overflow), (2, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_delta_only_writes_its_keys_and_refuses_a_broken_premise() -> Result<(), Infallible> {
+        let mut r = Reconciler::new(MemoryMaps::with_capacity(100))?;
+        r.reconcile(&two_services())?;
+        let writes = r.maps_mut().writes;
+        // c is new and takes one destination of a: only that key and c's name are written.
+        let after = desired(&[
+            ("10.96.0.1:80", "c"),
+            ("10.244.0.1:8080", "a"),
+            ("10.96.0.2:80", "b"),
+        ]);
+        let key = ServiceKey::tcp_addr("10.96.0.1:80".parse().unwrap());
+        let keys: BTreeSet<ServiceKey> = [key].into();
+        let services: BTreeSet<ServiceRef> = [service("a"), service("c")].into();
+        let wanted = after
+            .services()
+            .into_iter()
+            .cloned()
+            .collect::<BTreeSet<_>>();
+        let o = r.reconcile_delta(&after, &keys, &services, |s| wanted.contains(s), 3)?;
+        assert_eq!((o.inserted, o.removed, o.services), (1, 0, 3));
+        assert_eq!(r.maps_mut().writes - writes, 2, "one entry and one name");
+        assert_eq!(plan(r.current(), &after), Plan::default());
+        // A Service without an id that the delta does not name: no delta plan.
+        let d = desired(&[("10.96.0.9:80", "z")]);
+        let keys = [ServiceKey::tcp_addr("10.96.0.9:80".parse().unwrap())].into();
+        assert_eq!(
+            plan_delta(r.current(), &d, &keys, &BTreeSet::new(), |_| true),
+            None
+        );
         Ok(())
     }
 }

@@ -173,13 +173,80 @@ impl Rules {
     }
 }
 
+/// What one Service asks for on its own: the destinations it claims (sorted, never-steered
+/// ones left out) and what to report about it. Whether it keeps a destination another Service
+/// also claims is decided across Services (see [`desired`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// The destinations claimed, sorted.
+    pub destinations: Vec<SocketAddr>,
+    /// Findings about this Service alone (not [`Finding::SharedDestination`]).
+    pub findings: Vec<Finding>,
+}
+
+/// What `svc` claims, given its own EndpointSlices. Pure; shared by [`desired`] and
+/// [`Incremental`] so both apply the same rules.
+pub fn claims<'a>(
+    svc: &Service,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    rules: &Rules,
+) -> Claims {
+    let service = ServiceRef::of(svc);
+    let mut out = Claims::default();
+    match service::verdict(svc, &rules.annotation) {
+        Verdict::NotSelected => return out,
+        Verdict::Invalid(value) => {
+            out.findings
+                .push(Finding::BadAnnotationValue { service, value });
+            return out;
+        }
+        Verdict::Selected => {}
+    }
+    if service::is_external_name(svc) {
+        out.findings.push(Finding::ExternalName { service });
+        return out;
+    }
+    let mut mine: BTreeSet<SocketAddr> = BTreeSet::new();
+    let frontends = service::frontend_ips(svc);
+    for port in service::ports(svc) {
+        if port.protocol != "TCP" {
+            out.findings.push(Finding::NonTcpPort {
+                service: service.clone(),
+                port: port.number,
+                protocol: port.protocol.to_string(),
+            });
+            continue;
+        }
+        let Some(number) = port.tcp() else { continue };
+        mine.extend(frontends.iter().map(|ip| SocketAddr::new(*ip, number)));
+    }
+    for slice in slices {
+        mine.extend(
+            service::slice_endpoints(slice)
+                .into_iter()
+                .filter(|e| e.ready)
+                .map(|e| SocketAddr::new(e.ip, e.port)),
+        );
+    }
+    for destination in mine {
+        match rules.never_steered(destination) {
+            Some(reason) => out.findings.push(Finding::NeverSteered {
+                service: service.clone(),
+                destination,
+                reason,
+            }),
+            None => out.destinations.push(destination),
+        }
+    }
+    out
+}
+
 /// Computes what to steer from all known Services and EndpointSlices.
 pub fn desired<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     rules: &Rules,
 ) -> (Desired, Vec<Finding>) {
-    let annotation = rules.annotation.as_str();
     let mut findings = Vec::new();
     let mut slices_of: BTreeMap<ServiceRef, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
@@ -195,49 +262,13 @@ pub fn desired<'a>(
     let mut out = Desired::default();
     for svc in services {
         let service = ServiceRef::of(svc);
-        match service::verdict(svc, annotation) {
-            Verdict::NotSelected => continue,
-            Verdict::Invalid(value) => {
-                findings.push(Finding::BadAnnotationValue { service, value });
-                continue;
-            }
-            Verdict::Selected => {}
-        }
-        if service::is_external_name(svc) {
-            findings.push(Finding::ExternalName { service });
-            continue;
-        }
-        let mut mine: BTreeSet<SocketAddr> = BTreeSet::new();
-        let frontends = service::frontend_ips(svc);
-        for port in service::ports(svc) {
-            if port.protocol != "TCP" {
-                findings.push(Finding::NonTcpPort {
-                    service: service.clone(),
-                    port: port.number,
-                    protocol: port.protocol.to_string(),
-                });
-                continue;
-            }
-            let Some(number) = port.tcp() else { continue };
-            mine.extend(frontends.iter().map(|ip| SocketAddr::new(*ip, number)));
-        }
-        for slice in slices_of.get(&service).into_iter().flatten() {
-            mine.extend(
-                service::slice_endpoints(slice)
-                    .into_iter()
-                    .filter(|e| e.ready)
-                    .map(|e| SocketAddr::new(e.ip, e.port)),
-            );
-        }
-        for destination in mine {
-            if let Some(reason) = rules.never_steered(destination) {
-                findings.push(Finding::NeverSteered {
-                    service: service.clone(),
-                    destination,
-                    reason,
-                });
-                continue;
-            }
+        let mine = claims(
+            svc,
+            slices_of.get(&service).into_iter().flatten().copied(),
+            rules,
+        );
+        findings.extend(mine.findings);
+        for destination in mine.destinations {
             let key = ServiceKey::tcp_addr(destination);
             match out.destinations.get(&key) {
                 Some(kept) => findings.push(Finding::SharedDestination {
@@ -254,10 +285,279 @@ pub fn desired<'a>(
     (out, findings)
 }
 
+/// Which Services a change may have touched.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Touched {
+    /// None that selection can see.
+    #[default]
+    Nothing,
+    /// These.
+    Services(BTreeSet<ServiceRef>),
+    /// Any: recompute everything.
+    All,
+}
+
+impl Touched {
+    /// Adds what another change touched.
+    pub fn add(&mut self, other: Touched) {
+        match (&mut *self, other) {
+            (Touched::All, _) | (_, Touched::Nothing) => {}
+            (_, Touched::All) => *self = Touched::All,
+            (Touched::Nothing, other) => *self = other,
+            (Touched::Services(mine), Touched::Services(more)) => mine.extend(more),
+        }
+    }
+}
+
+/// What changed in the desired state since the last [`Incremental::refresh`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delta {
+    /// Everything may have: diff the whole of it.
+    All,
+    /// Only these destinations may have a different owner (or none now), and only these
+    /// Services may have become selected or unselected.
+    Some {
+        /// The destinations.
+        keys: BTreeSet<ServiceKey>,
+        /// The Services.
+        services: BTreeSet<ServiceRef>,
+    },
+}
+
+/// What the objects of a [`Incremental::refresh`] come from: the daemon's
+/// [`ObjectStore`](crate::k8s::store::ObjectStore).
+pub trait Objects {
+    /// Every Service.
+    fn all_services(&self) -> impl Iterator<Item = &Service>;
+    /// Every EndpointSlice.
+    fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice>;
+    /// The Service `service`, if known.
+    fn service_of(&self, service: &ServiceRef) -> Option<&Service>;
+    /// The EndpointSlices of `service`.
+    fn slices_of(&self, service: &ServiceRef) -> impl Iterator<Item = &EndpointSlice>;
+}
+
+/// [`desired`] kept up to date Service by Service: each Service's [`Claims`] are recomputed
+/// only when it or one of its slices changed, and a destination claimed by several Services
+/// goes, as in [`desired`], to the first claim in (Service, destination) order.
+#[derive(Clone, Debug)]
+pub struct Incremental {
+    rules: Rules,
+    /// Each Service's claims; only Services that claim or report something.
+    claims: BTreeMap<ServiceRef, Claims>,
+    /// Per destination key, every claim on it, sorted; the first one keeps it. A sorted
+    /// `Vec`, not a set: nearly every key has one claim, and a set's node would be ten times
+    /// its size.
+    claimants: BTreeMap<ServiceKey, Vec<(ServiceRef, SocketAddr)>>,
+    /// The keys of `claimants` with more than one claim.
+    shared: BTreeSet<ServiceKey>,
+    /// How many destinations each Service keeps.
+    kept: BTreeMap<ServiceRef, usize>,
+    desired: Desired,
+    /// Whether nothing has been computed yet.
+    fresh: bool,
+}
+
+impl Incremental {
+    /// Nothing computed yet: the first [`refresh`](Self::refresh) computes everything.
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            claims: BTreeMap::new(),
+            claimants: BTreeMap::new(),
+            shared: BTreeSet::new(),
+            kept: BTreeMap::new(),
+            desired: Desired::default(),
+            fresh: true,
+        }
+    }
+
+    /// The destinations to steer.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Whether `service` keeps at least one destination.
+    pub fn is_selected(&self, service: &ServiceRef) -> bool {
+        self.kept.contains_key(service)
+    }
+
+    /// How many Services keep at least one destination.
+    pub fn selected_services(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Every finding, as [`desired`] gives them (as a set).
+    pub fn findings(&self) -> BTreeSet<Finding> {
+        let mut out: BTreeSet<Finding> = self
+            .claims
+            .values()
+            .flat_map(|c| c.findings.iter().cloned())
+            .collect();
+        for key in &self.shared {
+            let mut claims = self.claimants.get(key).into_iter().flatten();
+            if let Some((kept, _)) = claims.next() {
+                out.extend(
+                    claims.map(|(also, destination)| Finding::SharedDestination {
+                        destination: *destination,
+                        kept: kept.clone(),
+                        also: also.clone(),
+                    }),
+                );
+            }
+        }
+        out
+    }
+
+    /// Brings the state up to date with `objects`, recomputing the `touched` Services (all
+    /// of them on the first call), and says what changed.
+    pub fn refresh(&mut self, objects: &impl Objects, touched: Touched) -> Delta {
+        let touched = if self.fresh { Touched::All } else { touched };
+        match touched {
+            Touched::Nothing => Delta::Some {
+                keys: BTreeSet::new(),
+                services: BTreeSet::new(),
+            },
+            Touched::All => {
+                self.recompute_all(objects);
+                Delta::All
+            }
+            Touched::Services(services) => {
+                let mut keys = BTreeSet::new();
+                let mut changed = services.clone();
+                for service in services {
+                    let new = objects
+                        .service_of(&service)
+                        .map(|svc| claims(svc, objects.slices_of(&service), &self.rules))
+                        .unwrap_or_default();
+                    self.set_claims(service, new, &mut keys, &mut changed);
+                }
+                Delta::Some {
+                    keys,
+                    services: changed,
+                }
+            }
+        }
+    }
+
+    fn recompute_all(&mut self, objects: &impl Objects) {
+        let mut slices_of: BTreeMap<ServiceRef, Vec<&EndpointSlice>> = BTreeMap::new();
+        for slice in objects.all_slices() {
+            if let Some(owner) = ServiceRef::owner_of(slice) {
+                slices_of.entry(owner).or_default().push(slice);
+            }
+        }
+        self.claims.clear();
+        self.claimants.clear();
+        self.shared.clear();
+        self.kept.clear();
+        self.desired = Desired::default();
+        self.fresh = false;
+        let (mut keys, mut changed) = (BTreeSet::new(), BTreeSet::new());
+        for svc in objects.all_services() {
+            let service = ServiceRef::of(svc);
+            let new = claims(
+                svc,
+                slices_of.get(&service).into_iter().flatten().copied(),
+                &self.rules,
+            );
+            self.set_claims(service, new, &mut keys, &mut changed);
+        }
+    }
+
+    /// Replaces what `service` claims, noting the keys whose owner may have changed and the
+    /// Services that may have gained or lost their last destination.
+    fn set_claims(
+        &mut self,
+        service: ServiceRef,
+        new: Claims,
+        keys: &mut BTreeSet<ServiceKey>,
+        changed: &mut BTreeSet<ServiceRef>,
+    ) {
+        let old = self.claims.remove(&service).unwrap_or_default();
+        if old.destinations != new.destinations {
+            for destination in &old.destinations {
+                let key = ServiceKey::tcp_addr(*destination);
+                if let Some(set) = self.claimants.get_mut(&key) {
+                    let claim = (service.clone(), *destination);
+                    if let Ok(at) = set.binary_search(&claim) {
+                        set.remove(at);
+                    }
+                    if set.is_empty() {
+                        self.claimants.remove(&key);
+                    }
+                }
+                keys.insert(key);
+            }
+            for destination in &new.destinations {
+                let key = ServiceKey::tcp_addr(*destination);
+                let set = self.claimants.entry(key).or_default();
+                let claim = (service.clone(), *destination);
+                if let Err(at) = set.binary_search(&claim) {
+                    set.insert(at, claim);
+                }
+                keys.insert(key);
+            }
+            let touched: Vec<ServiceKey> = old
+                .destinations
+                .iter()
+                .chain(&new.destinations)
+                .map(|d| ServiceKey::tcp_addr(*d))
+                .collect();
+            for key in touched {
+                self.settle(key, changed);
+            }
+        }
+        if !new.destinations.is_empty() || !new.findings.is_empty() {
+            self.claims.insert(service, new);
+        }
+    }
+
+    /// Makes `key`'s owner in the desired state its first claimant.
+    fn settle(&mut self, key: ServiceKey, changed: &mut BTreeSet<ServiceRef>) {
+        let claims = self.claimants.get(&key);
+        if claims.is_some_and(|c| c.len() > 1) {
+            self.shared.insert(key);
+        } else {
+            self.shared.remove(&key);
+        }
+        let winner = claims.and_then(|c| c.first()).map(|(s, _)| s.clone());
+        let before = self.desired.destinations.get(&key).cloned();
+        if before == winner {
+            return;
+        }
+        if let Some(loser) = before {
+            if let Some(n) = self.kept.get_mut(&loser) {
+                *n -= 1;
+                if *n == 0 {
+                    self.kept.remove(&loser);
+                }
+            }
+            changed.insert(loser);
+        }
+        match winner {
+            Some(w) => {
+                *self.kept.entry(w.clone()).or_default() += 1;
+                changed.insert(w.clone());
+                self.desired.destinations.insert(key, w);
+            }
+            None => {
+                self.desired.destinations.remove(&key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::service::DEFAULT_ANNOTATION;
+    use crate::{
+        k8s::{
+            service::{DEFAULT_ANNOTATION, SERVICE_NAME_LABEL},
+            store::{Change, Kind, Object, ObjectStore},
+        },
+        reconcile::{MemoryMaps, Plan, Reconciler, plan},
+    };
     use serde_json::json;
 
     fn svc(v: serde_json::Value) -> Service {
@@ -487,5 +787,226 @@ mod tests {
         assert_eq!(owner.name, "a");
         assert_eq!(d.destinations.len(), 3);
         assert!(matches!(f.as_slice(), [Finding::SharedDestination { .. }]));
+    }
+
+    /// A small seeded generator (xorshift64*), so a failure is reproducible from its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+        fn some<'a>(&mut self, items: &[&'a str], max: usize) -> Vec<&'a str> {
+            (0..self.below(max + 1)).map(|_| self.pick(items)).collect()
+        }
+    }
+
+    const NAMESPACES: [&str; 2] = ["a", "b"];
+    const SERVICES: [&str; 4] = ["s0", "s1", "s2", "s3"];
+    const SLICES: [&str; 5] = ["x0", "x1", "x2", "x3", "x4"];
+    // Few addresses, so that Services share destinations; some are never steered (the proxy,
+    // loopback), one is the IPv4-mapped form of another.
+    const FRONTENDS: [&str; 5] = ["10.96.0.1", "10.96.0.2", "127.0.0.1", "10.0.0.1", "fd00::1"];
+    const ENDPOINTS: [&str; 5] = [
+        "10.244.0.1",
+        "10.244.0.2",
+        "::ffff:10.244.0.1",
+        "10.96.0.1",
+        "not-an-ip",
+    ];
+
+    fn random_service(rng: &mut Rng, ns: &str, name: &str) -> Service {
+        let mut meta = json!({"name": name, "namespace": ns, "uid": format!("{}", rng.next())});
+        let annotation = [None, Some("true"), Some("true"), Some("false"), Some("yes")];
+        if let Some(v) = annotation[rng.below(annotation.len())] {
+            meta["annotations"] = json!({ DEFAULT_ANNOTATION: v, "other": "x" });
+        }
+        let ports: Vec<serde_json::Value> = rng
+            .some(&["80/TCP", "80/TCP", "443/TCP", "53/UDP", "9/SCTP"], 3)
+            .into_iter()
+            .map(|p| {
+                let (port, protocol) = p.split_once('/').expect("port/protocol");
+                json!({"port": port.parse::<i32>().expect("a port"), "protocol": protocol})
+            })
+            .collect();
+        let type_ = rng.pick(&["ClusterIP", "ClusterIP", "LoadBalancer", "ExternalName"]);
+        svc(json!({
+            "metadata": meta,
+            "spec": {"type": type_, "clusterIPs": rng.some(&FRONTENDS, 2),
+                     "externalIPs": rng.some(&FRONTENDS, 1), "ports": ports},
+            "status": {"loadBalancer": {"ingress":
+                rng.some(&FRONTENDS, 1).into_iter().map(|ip| json!({"ip": ip}))
+                    .collect::<Vec<_>>()}}
+        }))
+    }
+
+    fn random_slice(rng: &mut Rng, ns: &str, name: &str) -> EndpointSlice {
+        let mut meta = json!({"name": name, "namespace": ns});
+        // Mostly a Service's slice; sometimes of none. It may move from one to another.
+        if rng.below(6) > 0 {
+            meta["labels"] = json!({SERVICE_NAME_LABEL: rng.pick(&SERVICES)});
+        }
+        let endpoints: Vec<serde_json::Value> = (0..rng.below(3))
+            .map(|_| {
+                let ready = [json!({}), json!({"ready": true}), json!({"ready": false})];
+                json!({"addresses": rng.some(&ENDPOINTS, 2),
+                       "conditions": ready[rng.below(3)].clone()})
+            })
+            .collect();
+        let ports: Vec<serde_json::Value> = rng
+            .some(&["8080/TCP", "9090/UDP", "8080/TCP"], 2)
+            .into_iter()
+            .map(|p| {
+                let (port, protocol) = p.split_once('/').expect("port/protocol");
+                json!({"port": port.parse::<i32>().expect("a port"), "protocol": protocol})
+            })
+            .collect();
+        slice(json!({
+            "metadata": meta, "addressType": "IPv4", "endpoints": endpoints, "ports": ports
+        }))
+    }
+
+    /// A random change to `services` and `slices` (which it updates), as a source sends it.
+    fn random_changes(
+        rng: &mut Rng,
+        services: &mut BTreeMap<(String, String), Service>,
+        slices: &mut BTreeMap<(String, String), EndpointSlice>,
+    ) -> Vec<Change> {
+        let ns = rng.pick(&NAMESPACES);
+        match rng.below(20) {
+            0..=6 => {
+                let name = rng.pick(&SERVICES);
+                let s = random_service(rng, ns, name);
+                services.insert((ns.to_string(), name.to_string()), s.clone());
+                vec![Change::ServiceApplied(s)]
+            }
+            7..=8 => {
+                let key = (ns.to_string(), rng.pick(&SERVICES).to_string());
+                match services.remove(&key) {
+                    Some(s) => vec![Change::ServiceDeleted(s)],
+                    None => vec![],
+                }
+            }
+            9..=15 => {
+                let name = rng.pick(&SLICES);
+                let sl = random_slice(rng, ns, name);
+                slices.insert((ns.to_string(), name.to_string()), sl.clone());
+                vec![Change::SliceApplied(sl)]
+            }
+            16..=17 => {
+                let key = (ns.to_string(), rng.pick(&SLICES).to_string());
+                match slices.remove(&key) {
+                    Some(sl) => vec![Change::SliceDeleted(sl)],
+                    None => vec![],
+                }
+            }
+            18 => {
+                // A streamed relist of the Services, with some changed on the way.
+                for ((ns, name), s) in services.iter_mut() {
+                    if rng.below(3) == 0 {
+                        *s = random_service(rng, ns, name);
+                    }
+                }
+                let mut out = vec![Change::ListStarted(Kind::Services)];
+                out.extend(
+                    services
+                        .values()
+                        .cloned()
+                        .map(|s| Change::Listed(Object::Service(s))),
+                );
+                out.push(Change::ListDone(Kind::Services));
+                out
+            }
+            _ => {
+                let mut all: Vec<EndpointSlice> = slices.values().cloned().collect();
+                if let Some(sl) = all.first_mut() {
+                    sl.endpoints.clear();
+                    let key = (
+                        sl.metadata.namespace.clone().unwrap_or_default(),
+                        sl.metadata.name.clone().unwrap_or_default(),
+                    );
+                    slices.insert(key, sl.clone());
+                }
+                vec![Change::SlicesReset(all)]
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_selection_and_reconcile_equal_the_full_computation() {
+        let rules =
+            Rules::new(DEFAULT_ANNOTATION).with_proxies(&["10.0.0.1:80".parse().expect("addr")]);
+        let mut shared_seen = 0;
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let (mut services, mut slices) = (BTreeMap::new(), BTreeMap::new());
+            // The daemon's store and a store that keeps everything: the reference.
+            let mut store = ObjectStore::selecting(DEFAULT_ANNOTATION);
+            let mut whole = ObjectStore::default();
+            store.apply(Change::ServicesReset(vec![]));
+            store.apply(Change::SlicesReset(vec![]));
+            whole.apply(Change::ServicesReset(vec![]));
+            whole.apply(Change::SlicesReset(vec![]));
+            let mut inc = Incremental::new(rules.clone());
+            let mut maps = Reconciler::new(MemoryMaps::with_capacity(1000)).expect("memory");
+            for step in 0..150 {
+                // Several changes may be taken together before one refresh, as the daemon does.
+                let mut touched = Touched::Nothing;
+                for _ in 0..=rng.below(3) {
+                    for change in random_changes(&mut rng, &mut services, &mut slices) {
+                        touched.add(store.touched(&change));
+                        store.apply(change.clone());
+                        whole.apply(change);
+                    }
+                }
+                let delta = inc.refresh(&store, touched);
+                let (want, findings) = desired(whole.services(), whole.slices(), &rules);
+                let ctx = format!("seed {seed} step {step}");
+                assert_eq!(inc.desired(), &want, "{ctx}");
+                let findings: BTreeSet<Finding> = findings.into_iter().collect();
+                assert_eq!(inc.findings(), findings, "{ctx}");
+                assert_eq!(inc.selected_services(), want.services().len(), "{ctx}");
+                shared_seen += findings
+                    .iter()
+                    .filter(|f| matches!(f, Finding::SharedDestination { .. }))
+                    .count();
+                let outcome = match delta {
+                    Delta::All => maps.reconcile(inc.desired()),
+                    Delta::Some { keys, services } => maps.reconcile_delta(
+                        inc.desired(),
+                        &keys,
+                        &services,
+                        |s| inc.is_selected(s),
+                        inc.selected_services(),
+                    ),
+                }
+                .expect("memory");
+                assert_eq!(
+                    plan(maps.current(), &want),
+                    Plan::default(),
+                    "{ctx}: the maps hold the desired state"
+                );
+                assert_eq!(
+                    (outcome.entries, outcome.services),
+                    (want.destinations.len(), want.services().len()),
+                    "{ctx}"
+                );
+                let current = maps.current().clone();
+                assert_eq!(maps.maps_mut().pinned, current, "{ctx}");
+            }
+        }
+        assert!(
+            shared_seen > 100,
+            "shared destinations were exercised: {shared_seen}"
+        );
     }
 }

@@ -33,7 +33,10 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::k8s::service::{self, SERVICE_NAME_LABEL, Verdict};
+use crate::{
+    k8s::service::{self, SERVICE_NAME_LABEL, ServiceRef, Verdict},
+    selection::{Objects, Touched},
+};
 
 /// A change reported by a source; the file and Kubernetes sources produce the same stream.
 #[derive(Clone, Debug)]
@@ -637,6 +640,80 @@ impl ObjectStore {
         self.held
             .services
             .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Which Services `change` may touch, as selection sees them; to be asked before
+    /// [`update`](Self::update) applies it, since a slice that moves to another Service
+    /// touches the one it leaves too. Lists and resets touch everything.
+    pub fn touched(&self, change: &Change) -> Touched {
+        let services = |refs: Vec<ServiceRef>| Touched::Services(refs.into_iter().collect());
+        match change {
+            Change::ServicesReset(_) | Change::SlicesReset(_) => Touched::All,
+            Change::ListDone(Kind::Services | Kind::Slices) => Touched::All,
+            Change::ListDone(Kind::Pods) | Change::ListStarted(_) => Touched::Nothing,
+            Change::PodsReset(_) | Change::PodApplied(_) | Change::PodDeleted(_) => {
+                Touched::Nothing
+            }
+            Change::Listed(Object::Pod(_)) => Touched::Nothing,
+            Change::ServiceApplied(s) | Change::ServiceDeleted(s) => {
+                services(vec![ServiceRef::of(s)])
+            }
+            Change::Listed(Object::Service(s)) => match self.listing_services {
+                Some(_) => Touched::Nothing,
+                None => services(vec![ServiceRef::of(s)]),
+            },
+            Change::SliceApplied(s) | Change::SliceDeleted(s) => self.slice_touches(s),
+            Change::Listed(Object::Slice(s)) => match self.listing_slices {
+                Some(_) => Touched::Nothing,
+                None => self.slice_touches(s),
+            },
+        }
+    }
+
+    /// The Services a slice belongs to, and belonged to as it is held now.
+    fn slice_touches(&self, slice: &EndpointSlice) -> Touched {
+        let key = key(&slice.metadata);
+        let mut refs: std::collections::BTreeSet<ServiceRef> =
+            ServiceRef::owner_of(slice).into_iter().collect();
+        refs.extend(self.held.slices.get(&key).and_then(ServiceRef::owner_of));
+        if let Some(parked) = self.held.parked.get(&key) {
+            refs.insert(ServiceRef {
+                namespace: key.0.clone(),
+                name: parked.service.clone(),
+            });
+        }
+        Touched::Services(refs)
+    }
+}
+
+impl Objects for ObjectStore {
+    fn all_services(&self) -> impl Iterator<Item = &Service> {
+        self.services()
+    }
+
+    fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices()
+    }
+
+    fn service_of(&self, service: &ServiceRef) -> Option<&Service> {
+        self.service(&service.namespace, &service.name)
+    }
+
+    fn slices_of(&self, service: &ServiceRef) -> impl Iterator<Item = &EndpointSlice> {
+        // Slices are keyed by namespace first: only that namespace's are looked at.
+        self.held
+            .slices
+            .range((service.namespace.clone(), String::new())..)
+            .take_while(move |((ns, _), _)| *ns == service.namespace)
+            .map(|(_, slice)| slice)
+            .filter(move |slice| {
+                slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .is_some_and(|owner| *owner == service.name)
+            })
     }
 }
 
