@@ -170,7 +170,7 @@ pub fn plan_delta(
     for key in keys {
         match desired.destinations.get(key) {
             Some(service) => {
-                let id = match ids.get(service) {
+                let id = match ids.get(&**service) {
                     Some(id) => *id,
                     None => id_of(service),
                 };
@@ -383,7 +383,12 @@ mod tests {
         Desired {
             destinations: entries
                 .iter()
-                .map(|(dst, svc)| (ServiceKey::tcp_addr(dst.parse().unwrap()), service(svc)))
+                .map(|(dst, svc)| {
+                    (
+                        ServiceKey::tcp_addr(dst.parse().unwrap()),
+                        std::sync::Arc::new(service(svc)),
+                    )
+                })
                 .collect(),
         }
     }

@@ -17,6 +17,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -112,14 +113,15 @@ impl fmt::Display for Finding {
 /// The destinations to steer, each with the Service it belongs to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// Destination → Service.
-    pub destinations: BTreeMap<ServiceKey, ServiceRef>,
+    /// Destination → Service; one copy of a Service's names for all its destinations (the
+    /// daemon keeps this map between changes).
+    pub destinations: BTreeMap<ServiceKey, Arc<ServiceRef>>,
 }
 
 impl Desired {
     /// The selected Services.
     pub fn services(&self) -> BTreeSet<&ServiceRef> {
-        self.destinations.values().collect()
+        self.destinations.values().map(|s| &**s).collect()
     }
 }
 
@@ -238,6 +240,8 @@ pub fn claims<'a>(
             None => out.destinations.push(destination),
         }
     }
+    // Kept for as long as the Service is unchanged: no spare capacity.
+    out.destinations.shrink_to_fit();
     out
 }
 
@@ -261,10 +265,10 @@ pub fn desired<'a>(
 
     let mut out = Desired::default();
     for svc in services {
-        let service = ServiceRef::of(svc);
+        let service = Arc::new(ServiceRef::of(svc));
         let mine = claims(
             svc,
-            slices_of.get(&service).into_iter().flatten().copied(),
+            slices_of.get(&*service).into_iter().flatten().copied(),
             rules,
         );
         findings.extend(mine.findings);
@@ -273,11 +277,11 @@ pub fn desired<'a>(
             match out.destinations.get(&key) {
                 Some(kept) => findings.push(Finding::SharedDestination {
                     destination,
-                    kept: kept.clone(),
-                    also: service.clone(),
+                    kept: (**kept).clone(),
+                    also: (*service).clone(),
                 }),
                 None => {
-                    out.destinations.insert(key, service.clone());
+                    out.destinations.insert(key, Arc::clone(&service));
                 }
             }
         }
@@ -337,22 +341,79 @@ pub trait Objects {
     fn slices_of(&self, service: &ServiceRef) -> impl Iterator<Item = &EndpointSlice>;
 }
 
+/// One claim on a destination: the Service (the copy the whole state shares) and the
+/// destination as the Service gave it.
+type Claim = (Arc<ServiceRef>, SocketAddr);
+
+/// Every claim on one destination key, sorted; the first one keeps it. Nearly every key has
+/// a single claim, held inline: a `Vec` would cost an allocation per destination.
+#[derive(Clone, Debug)]
+enum Claimants {
+    One(Claim),
+    /// Two or more.
+    Many(Vec<Claim>),
+}
+
+impl Claimants {
+    fn as_slice(&self) -> &[Claim] {
+        match self {
+            Claimants::One(claim) => std::slice::from_ref(claim),
+            Claimants::Many(claims) => claims,
+        }
+    }
+
+    /// Adds `claim` unless it is there already.
+    fn insert(&mut self, claim: Claim) {
+        match self {
+            Claimants::One(first) => {
+                if *first != claim {
+                    let mut claims = vec![first.clone(), claim];
+                    claims.sort();
+                    *self = Claimants::Many(claims);
+                }
+            }
+            Claimants::Many(claims) => {
+                if let Err(at) = claims.binary_search(&claim) {
+                    claims.insert(at, claim);
+                }
+            }
+        }
+    }
+
+    /// Removes `service`'s claim of `destination` if there; whether no claim is left.
+    fn remove(&mut self, service: &ServiceRef, destination: SocketAddr) -> bool {
+        match self {
+            Claimants::One((s, d)) => **s == *service && *d == destination,
+            Claimants::Many(claims) => {
+                if let Ok(at) =
+                    claims.binary_search_by(|(s, d)| (&**s, *d).cmp(&(service, destination)))
+                {
+                    claims.remove(at);
+                }
+                if let [only] = claims.as_slice() {
+                    *self = Claimants::One(only.clone());
+                }
+                false
+            }
+        }
+    }
+}
+
 /// [`desired`] kept up to date Service by Service: each Service's [`Claims`] are recomputed
 /// only when it or one of its slices changed, and a destination claimed by several Services
 /// goes, as in [`desired`], to the first claim in (Service, destination) order.
 #[derive(Clone, Debug)]
 pub struct Incremental {
     rules: Rules,
-    /// Each Service's claims; only Services that claim or report something.
-    claims: BTreeMap<ServiceRef, Claims>,
-    /// Per destination key, every claim on it, sorted; the first one keeps it. A sorted
-    /// `Vec`, not a set: nearly every key has one claim, and a set's node would be ten times
-    /// its size.
-    claimants: BTreeMap<ServiceKey, Vec<(ServiceRef, SocketAddr)>>,
+    /// Each Service's claims; only Services that claim or report something. The key is the
+    /// one copy of the Service's names that `claimants`, `kept` and `desired` share.
+    claims: BTreeMap<Arc<ServiceRef>, Claims>,
+    /// Per destination key, every claim on it.
+    claimants: BTreeMap<ServiceKey, Claimants>,
     /// The keys of `claimants` with more than one claim.
     shared: BTreeSet<ServiceKey>,
     /// How many destinations each Service keeps.
-    kept: BTreeMap<ServiceRef, usize>,
+    kept: BTreeMap<Arc<ServiceRef>, usize>,
     desired: Desired,
     /// Whether nothing has been computed yet.
     fresh: bool,
@@ -395,13 +456,18 @@ impl Incremental {
             .flat_map(|c| c.findings.iter().cloned())
             .collect();
         for key in &self.shared {
-            let mut claims = self.claimants.get(key).into_iter().flatten();
+            let mut claims = self
+                .claimants
+                .get(key)
+                .map(Claimants::as_slice)
+                .unwrap_or_default()
+                .iter();
             if let Some((kept, _)) = claims.next() {
                 out.extend(
                     claims.map(|(also, destination)| Finding::SharedDestination {
                         destination: *destination,
-                        kept: kept.clone(),
-                        also: also.clone(),
+                        kept: (**kept).clone(),
+                        also: (**also).clone(),
                     }),
                 );
             }
@@ -453,6 +519,7 @@ impl Incremental {
         self.kept.clear();
         self.desired = Desired::default();
         self.fresh = false;
+        // The delta is `All`: what each Service changed is not kept, so it never piles up.
         let (mut keys, mut changed) = (BTreeSet::new(), BTreeSet::new());
         for svc in objects.all_services() {
             let service = ServiceRef::of(svc);
@@ -462,6 +529,8 @@ impl Incremental {
                 &self.rules,
             );
             self.set_claims(service, new, &mut keys, &mut changed);
+            keys.clear();
+            changed.clear();
         }
     }
 
@@ -474,38 +543,36 @@ impl Incremental {
         keys: &mut BTreeSet<ServiceKey>,
         changed: &mut BTreeSet<ServiceRef>,
     ) {
-        let old = self.claims.remove(&service).unwrap_or_default();
+        // A Service without claims has no copy anywhere in the state: make the one.
+        let (service, old) = self
+            .claims
+            .remove_entry(&service)
+            .unwrap_or_else(|| (Arc::new(service), Claims::default()));
         if old.destinations != new.destinations {
             for destination in &old.destinations {
                 let key = ServiceKey::tcp_addr(*destination);
-                if let Some(set) = self.claimants.get_mut(&key) {
-                    let claim = (service.clone(), *destination);
-                    if let Ok(at) = set.binary_search(&claim) {
-                        set.remove(at);
-                    }
-                    if set.is_empty() {
-                        self.claimants.remove(&key);
-                    }
+                if let Some(set) = self.claimants.get_mut(&key)
+                    && set.remove(&service, *destination)
+                {
+                    self.claimants.remove(&key);
                 }
                 keys.insert(key);
             }
             for destination in &new.destinations {
                 let key = ServiceKey::tcp_addr(*destination);
-                let set = self.claimants.entry(key).or_default();
-                let claim = (service.clone(), *destination);
-                if let Err(at) = set.binary_search(&claim) {
-                    set.insert(at, claim);
+                let claim = (Arc::clone(&service), *destination);
+                match self.claimants.entry(key) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(Claimants::One(claim));
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        e.get_mut().insert(claim)
+                    }
                 }
                 keys.insert(key);
             }
-            let touched: Vec<ServiceKey> = old
-                .destinations
-                .iter()
-                .chain(&new.destinations)
-                .map(|d| ServiceKey::tcp_addr(*d))
-                .collect();
-            for key in touched {
-                self.settle(key, changed);
+            for destination in old.destinations.iter().chain(&new.destinations) {
+                self.settle(ServiceKey::tcp_addr(*destination), changed);
             }
         }
         if !new.destinations.is_empty() || !new.findings.is_empty() {
@@ -516,29 +583,33 @@ impl Incremental {
     /// Makes `key`'s owner in the desired state its first claimant.
     fn settle(&mut self, key: ServiceKey, changed: &mut BTreeSet<ServiceRef>) {
         let claims = self.claimants.get(&key);
-        if claims.is_some_and(|c| c.len() > 1) {
+        if matches!(claims, Some(Claimants::Many(_))) {
             self.shared.insert(key);
         } else {
             self.shared.remove(&key);
         }
-        let winner = claims.and_then(|c| c.first()).map(|(s, _)| s.clone());
-        let before = self.desired.destinations.get(&key).cloned();
-        if before == winner {
+        let winner = claims
+            .and_then(|c| c.as_slice().first())
+            .map(|(s, _)| Arc::clone(s));
+        let before = self.desired.destinations.get(&key);
+        if before == winner.as_ref() {
             return;
         }
-        if let Some(loser) = before {
+        if let Some(loser) = before.cloned() {
             if let Some(n) = self.kept.get_mut(&loser) {
                 *n -= 1;
                 if *n == 0 {
                     self.kept.remove(&loser);
                 }
             }
-            changed.insert(loser);
+            changed.insert((*loser).clone());
         }
         match winner {
             Some(w) => {
-                *self.kept.entry(w.clone()).or_default() += 1;
-                changed.insert(w.clone());
+                *self.kept.entry(Arc::clone(&w)).or_default() += 1;
+                if !changed.contains(&*w) {
+                    changed.insert((*w).clone());
+                }
                 self.desired.destinations.insert(key, w);
             }
             None => {
