@@ -152,42 +152,13 @@ fn a_quick_bench_run_completes_and_writes_its_samples() -> Result<()> {
     ] {
         assert!(k[field].as_u64() > Some(0), "{field}: {k}");
     }
-    Ok(())
-}
-
-/// The collector's throughput scenario alone, quick (20 000 lines, then 2 s at 10 000 lines/s):
-/// the collector must have turned every line written into a request, and the measurements
-/// must be there. The figures themselves (a debug build) are not looked at.
-#[test]
-fn a_quick_collector_bench_counts_every_line() -> Result<()> {
-    require_root();
-    let out = OutDir(std::env::temp_dir().join(format!("l7r-bench-smoke-{}", unique_id())));
-    let run = Command::new(BENCH)
-        .args([
-            "--quick",
-            "--scenarios",
-            "collector",
-            "--daemon",
-            DAEMON,
-            "--out",
-        ])
-        .arg(&out.0)
-        .output()
-        .context("cannot run l7r-bench")?;
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "l7r-bench failed ({}):\n{stdout}\n{stderr}",
-        run.status
-    );
+    // Scenario 7, the collector's throughput (`--quick`: 20 000 lines, then 2 s at 10 000
+    // lines/s): the collector must have turned every line written into a request, and the
+    // measurements must be there.
     assert!(
         stdout.contains("### 7. Collector"),
         "no collector table:\n{stdout}"
     );
-    let report: Value = serde_json::from_str(
-        &fs::read_to_string(out.0.join("latest.json")).context("no latest.json")?,
-    )?;
     let c = &report["collector"];
     assert_eq!(c["lines"].as_u64(), Some(20_000), "{c}");
     assert_eq!(c["requests"], c["lines"], "every line is one request: {c}");
