@@ -1,6 +1,6 @@
 //! A smoke run of the benchmarks, so that `cargo xtask bench` cannot rot unnoticed: the
 //! `l7r-bench` binary (the debug build is fine) runs every scenario end to end with tiny sizes
-//! (`--quick`, about ten seconds) and must write its JSON. It checks that each scenario
+//! (`--quick`, about a minute with the debug build) and must write its JSON. It checks that each scenario
 //! measured something, never what it measured: numbers from a debug build on a busy CI
 //! machine mean nothing. Run as root: `sudo cargo xtask test`.
 
